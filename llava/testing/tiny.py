@@ -60,11 +60,14 @@ _SMALL_CORPUS = (
 ) * 4
 
 
-def build_small_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 512) -> Path:
+def build_small_tokenizer(
+    out_dir: str | os.PathLike, vocab_size: int = 512, texts: list[str] | None = None
+) -> Path:
     """A small LLaMA-style BPE tokenizer (`<unk>`=0, `<s>`=1, `</s>`=2, byte fallback, metaspace).
 
     Used where the real LLaMA-2 tokenizer is not available; it behaves like it (word-start marker,
     byte fallback for unseen characters, BOS added) with a vocabulary small enough for a demo.
+    `texts` is the corpus the merges are learned from (a built-in chat snippet by default).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaTokenizerFast
@@ -74,7 +77,7 @@ def build_small_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 512) -> 
     learner = Tokenizer(models.BPE(unk_token="<unk>"))
     learner.pre_tokenizer = pre
     learner.train_from_iterator(
-        [_SMALL_CORPUS],
+        texts or [_SMALL_CORPUS],
         trainer=trainers.BpeTrainer(
             vocab_size=vocab_size - 256,
             special_tokens=["<unk>", "<s>", "</s>"],
