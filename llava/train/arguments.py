@@ -1,0 +1,130 @@
+"""Command-line arguments of the trainer: the original LLaVA flag names and defaults.
+
+Every flag of haotian-liu/LLaVA's v1.5 launch scripts parses here with the same name and default,
+including the ones the original read but never declared (`unfreeze_mm_vision_tower`,
+`image_grid_pinpoints`, `mm_patch_merge_type`, `mm_vision_tower_lr`). A few flags that
+transformers 5 renamed (`--evaluation_strategy`, `--group_by_length`) are accepted and mapped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import transformers
+
+from llava.train.cpu_distributed import configure_cpu_distributed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: Optional[str] = field(default="facebook/opt-125m")
+    version: Optional[str] = field(
+        default="v0", metadata={"help": "Conversation template (e.g. plain for stage 1, v1 for stage 2)."}
+    )
+    freeze_backbone: bool = field(default=False)
+    tune_mm_mlp_adapter: bool = field(
+        default=False, metadata={"help": "Stage 1: train only the projector; writes mm_projector.bin."}
+    )
+    vision_tower: Optional[str] = field(default=None)
+    mm_vision_select_layer: Optional[int] = field(default=-1)  # default to the last layer
+    pretrain_mm_mlp_adapter: Optional[str] = field(
+        default=None, metadata={"help": "mm_projector.bin of stage 1 to start the projector from."}
+    )
+    mm_projector_type: Optional[str] = field(default="linear")
+    mm_use_im_start_end: bool = field(default=False)
+    mm_use_im_patch_token: bool = field(default=True)
+    mm_patch_merge_type: Optional[str] = field(default="flat")
+    mm_vision_select_feature: Optional[str] = field(default="patch")
+    unfreeze_mm_vision_tower: bool = field(
+        default=False, metadata={"help": "Also train the vision tower (see --mm_vision_tower_lr)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(default=None, metadata={"help": "Path to the training data (a JSON list)."})
+    lazy_preprocess: bool = field(
+        default=False, metadata={"help": "Accepted for compatibility: samples are always tokenised lazily."}
+    )
+    is_multimodal: bool = False
+    image_folder: Optional[str] = field(default=None)
+    image_aspect_ratio: str = field(default="square", metadata={"help": "square, pad or anyres."})
+    image_grid_pinpoints: Optional[str] = field(
+        default=None, metadata={"help": "anyres resolutions, e.g. '[(336, 672), (672, 336), (672, 672)]'."}
+    )
+    skip_bad_samples: bool = field(
+        default=False,
+        metadata={
+            "help": "Skip (and count) samples whose image is missing/corrupt or whose conversation cannot be "
+            "tokenised, instead of stopping with an error that names the sample."
+        },
+    )
+    lengths_cache_dir: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Where the per-sample token-length cache goes (default: next to --data_path, or "
+            "~/.cache/llava/lengths when that folder is read-only)."
+        },
+    )
+    # Filled in by train(), not command-line flags.
+    mm_use_im_start_end: bool = field(default=False, init=False)
+    image_processor: Any = field(default=None, init=False, repr=False)
+    num_image_tokens: int = field(default=0, init=False)
+    conv_version: Optional[str] = field(default=None, init=False)
+
+
+_ALLOWED = {"bits": (4, 8, 16), "quant_type": ("fp4", "nf4"), "lora_bias": ("none", "all", "lora_only")}
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    cache_dir: Optional[str] = field(default=None)
+    optim: str = field(default="adamw_torch")
+    remove_unused_columns: bool = field(default=False)
+    freeze_mm_mlp_adapter: bool = field(default=False)
+    mpt_attn_impl: Optional[str] = field(default="triton")
+    model_max_length: int = field(
+        default=512,
+        metadata={
+            "help": "Maximum sequence length. Sequences will be right padded (and possibly truncated)."
+        },
+    )
+    double_quant: bool = field(
+        default=True, metadata={"help": "Compress the quantization statistics through double quantization."}
+    )
+    quant_type: str = field(
+        default="nf4", metadata={"help": "Quantization data type to use. Should be one of `fp4` or `nf4`."}
+    )
+    bits: int = field(default=16, metadata={"help": "How many bits to use (16, 8, or 4 for QLoRA)."})
+    lora_enable: bool = False
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_weight_path: str = ""
+    lora_bias: str = "none"
+    mm_projector_lr: Optional[float] = None
+    mm_vision_tower_lr: Optional[float] = None
+    group_by_modality_length: bool = field(default=False)
+    # Flags transformers 5 removed or renamed, still used by existing launch scripts.
+    evaluation_strategy: Optional[str] = field(
+        default=None, metadata={"help": "Old name of --eval_strategy (still accepted)."}
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata={"help": "Group samples of similar token length (plain length-grouped sampler)."},
+    )
+
+    def __post_init__(self):
+        for name, allowed in _ALLOWED.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; use one of {allowed}")
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if self.group_by_length and self.group_by_modality_length:
+            raise ValueError("choose one of --group_by_length and --group_by_modality_length, not both")
+        configure_cpu_distributed(self)
+        super().__post_init__()
