@@ -1,0 +1,388 @@
+"""Conversation templates, keyed by the `--version` name (same names and strings as haotian-liu/LLaVA).
+
+A `Conversation` renders its messages into one prompt string. Rendering goes through
+`get_prompt_with_target_spans()`, which also returns the character spans the assistant produces
+(each reply plus its end-of-turn text); `get_prompt()` is the same string without the spans, so
+the text used for training labels and the text served at inference come from one renderer.
+
+The target span of an assistant turn starts right where the generation prompt ends (the prompt
+rendered with that turn left empty) and ends after the turn's end-of-turn text, e.g.
+`" A cat.</s>"` for `v1`, `" A cat. </s>"` for `llama_2`, `"A cat.<|im_end|>"` for `mpt`.
+
+    conv = get_conv_template("vicuna_v1")
+    conv.append_message(conv.roles[0], "<image>\\nWhat is shown?")
+    conv.append_message(conv.roles[1], None)
+    prompt = conv.get_prompt()      # "... USER: <image>\\nWhat is shown? ASSISTANT:"
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from enum import Enum, auto
+from io import BytesIO
+from typing import Any
+
+from llava.constants import DEFAULT_IMAGE_TOKEN
+
+
+class SeparatorStyle(Enum):
+    """How a template joins system prompt, roles and messages."""
+
+    SINGLE = auto()
+    TWO = auto()
+    MPT = auto()
+    PLAIN = auto()
+    LLAMA_2 = auto()
+    CHATML = auto()  # Qwen2-style: <|im_start|>role\n...<|im_end|>\n
+    LLAMA_3 = auto()  # <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>
+    CHAT_TEMPLATE = auto()  # the tokenizer's own chat template (tokenizer.apply_chat_template)
+
+
+Segment = tuple[str, bool]  # (text, produced by the assistant)
+
+
+@dataclasses.dataclass
+class Conversation:
+    """A conversation: template fields plus the messages appended so far."""
+
+    system: str
+    roles: tuple[str, str] | list[str]
+    messages: list[list[Any]]
+    offset: int
+    sep_style: SeparatorStyle = SeparatorStyle.SINGLE
+    sep: str = "###"
+    sep2: str | None = None
+    version: str = "Unknown"
+    skip_next: bool = False
+    # Only for SeparatorStyle.CHAT_TEMPLATE: the tokenizer whose chat template renders the prompt.
+    tokenizer: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    # ----------------------------------------------------------------------------------- rendering
+    def get_prompt(self) -> str:
+        return self.get_prompt_with_target_spans()[0]
+
+    def get_prompt_with_target_spans(self) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered prompt and the [start, end) character spans of every assistant turn."""
+        prompt, spans, pos = "", [], 0
+        for text, is_target in self._segments():
+            if is_target and text:
+                spans.append((pos, pos + len(text)))
+            prompt += text
+            pos += len(text)
+        return prompt, spans
+
+    def _prepared_messages(self) -> list[tuple[str, Any]]:
+        """Messages with a serving-style `(text, image, mode)` first turn turned into text."""
+        messages = [(role, msg) for role, msg in self.messages]
+        if messages and isinstance(messages[0][1], tuple):
+            init_role, init_msg = messages[0]
+            text = init_msg[0].replace(DEFAULT_IMAGE_TOKEN, "").strip()
+            if "mmtag" in self.version:
+                messages[0] = (init_role, text)
+                messages.insert(0, (self.roles[0], "<Image><image></Image>"))
+                messages.insert(1, (self.roles[1], "Received."))
+            else:
+                messages[0] = (init_role, DEFAULT_IMAGE_TOKEN + "\n" + text)
+        return [(role, msg[0] if isinstance(msg, tuple) else msg) for role, msg in messages]
+
+    def _segments(self) -> list[Segment]:
+        messages = self._prepared_messages()
+        style = self.sep_style
+        if style == SeparatorStyle.CHAT_TEMPLATE:
+            return self._chat_template_segments(messages)
+        if style == SeparatorStyle.LLAMA_2:
+            return self._llama_2_segments(messages)
+        out: list[Segment] = []
+        if style in (SeparatorStyle.SINGLE, SeparatorStyle.TWO, SeparatorStyle.MPT):
+            out.append((self.system + self.sep, False))
+        elif style == SeparatorStyle.PLAIN:
+            out.append((self.system, False))
+        elif style == SeparatorStyle.CHATML and self.system:
+            out.append((f"<|im_start|>system\n{self.system}{self.sep}{self.sep2 or ''}", False))
+        elif style == SeparatorStyle.LLAMA_3 and self.system:
+            out.append((f"<|start_header_id|>system<|end_header_id|>\n\n{self.system}{self.sep}", False))
+        elif style not in (SeparatorStyle.CHATML, SeparatorStyle.LLAMA_3):
+            raise ValueError(f"Invalid style: {style}")
+        for i, (role, msg) in enumerate(messages):
+            out.extend(self._turn_segments(i % 2 == 1, role, msg))
+        return out
+
+    def _turn_segments(self, is_assistant: bool, role: str, msg: str | None) -> list[Segment]:
+        """One turn as (prefix the prompt ends with, text the speaker produces) segments."""
+        style = self.sep_style
+        if style == SeparatorStyle.SINGLE:
+            prefix, body = role + ":", (" " + msg + self.sep if msg else "")
+        elif style == SeparatorStyle.TWO:
+            prefix, body = role + ":", (" " + msg + (self.sep2 if is_assistant else self.sep) if msg else "")
+        elif style == SeparatorStyle.MPT:
+            prefix, body = role, (msg + self.sep if msg else "")
+        elif style == SeparatorStyle.PLAIN:
+            # The original trained on "<image>" + caption + sep (preprocess_plain), so a human turn
+            # adds no separator and the assistant turn ends with `sep`.
+            prefix, body = "", ((msg + self.sep) if is_assistant else msg) if msg else ""
+        elif style == SeparatorStyle.CHATML:
+            prefix, body = f"<|im_start|>{role}\n", (msg + self.sep if msg else "")
+            if msg:
+                return [(prefix, False), (body, is_assistant), (self.sep2 or "", False)]
+        else:  # LLAMA_3
+            prefix, body = f"<|start_header_id|>{role}<|end_header_id|>\n\n", (msg + self.sep if msg else "")
+        return [(prefix, False), (body, is_assistant and bool(msg))]
+
+    def _llama_2_segments(self, messages) -> list[Segment]:
+        out: list[Segment] = []
+        for i, (role, msg) in enumerate(messages):
+            if i == 0 and (not msg or role != self.roles[0]):
+                raise ValueError("LLAMA_2-style conversations must start with a non-empty user message")
+            if not msg:
+                continue
+            if i % 2 == 0:
+                if i == 0 and self.system:
+                    msg = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n{msg}"
+                text = f"{self.sep}[INST] {msg} [/INST]"
+                out.append((text.lstrip(self.sep) if i == 0 else text, False))
+            else:
+                out.append((f" {msg} {self.sep2}", True))
+        return out
+
+    def _chat_template_segments(self, messages) -> list[Segment]:
+        tok = self.tokenizer
+        if tok is None or not getattr(tok, "chat_template", None):
+            raise ValueError(
+                "template 'chat_template' renders with the tokenizer's own chat template: set "
+                "conv.tokenizer to a tokenizer that has one (get_conv_template('chat_template', tokenizer=tok))"
+            )
+        chat = [{"role": "system", "content": self.system}] if self.system else []
+        for i, (_, msg) in enumerate(messages):
+            if msg is None and i == len(messages) - 1 and i % 2 == 1:
+                break
+            if not msg:
+                raise ValueError(f"message {i} is empty; only a final assistant turn may be None")
+            chat.append({"role": "assistant" if i % 2 else "user", "content": msg})
+        n_sys = 1 if self.system else 0
+
+        def render(upto: int, gen: bool) -> str:
+            text = tok.apply_chat_template(chat[:upto], tokenize=False, add_generation_prompt=gen)
+            bos = getattr(tok, "bos_token", None)
+            if bos and text.startswith(bos) and tok("").input_ids[:1] == [tok.bos_token_id]:
+                text = text[len(bos) :]  # tokenizer_image_token adds BOS itself
+            return text
+
+        generating = bool(messages) and messages[-1][1] is None
+        full = render(len(chat), generating)
+        out: list[Segment] = []
+        pos = 0
+        for k in range(n_sys, len(chat)):
+            if chat[k]["role"] != "assistant":
+                continue
+            before, after = render(k, True), render(k + 1, False)
+            reply = after[len(before) :].rstrip()
+            if not (after.startswith(before) and full.startswith(after) and len(before) >= pos):
+                raise ValueError(
+                    "this tokenizer's chat template does not render conversations prefix by prefix "
+                    "(an earlier turn changes when a later one is added), so assistant spans cannot "
+                    "be located; use a named template instead (see conv_templates)"
+                )
+            out += [(full[pos : len(before)], False), (reply, True)]
+            pos = len(before) + len(reply)
+        out.append((full[pos:], False))
+        return out
+
+    # ----------------------------------------------------------------------------------- editing
+    def append_message(self, role: str, message: Any) -> None:
+        self.messages.append([role, message])
+
+    def copy(self) -> Conversation:
+        return dataclasses.replace(self, messages=[[x, y] for x, y in self.messages], skip_next=False)
+
+    # ----------------------------------------------------------------------------------- serving
+    def process_image(
+        self, image, image_process_mode, return_pil=False, image_format="PNG", max_len=1344, min_len=672
+    ):
+        """Pad/resize an uploaded image as the web demo does; base64 string unless `return_pil`."""
+        from llava.mm_utils import expand2square
+
+        if image_process_mode == "Pad":
+            image = expand2square(image, (122, 116, 104))
+        elif image_process_mode == "Resize":
+            image = image.resize((336, 336))
+        elif image_process_mode not in ("Default", "Crop"):
+            raise ValueError(f"Invalid image_process_mode: {image_process_mode}")
+        if max(image.size) > max_len:
+            max_hw, min_hw = max(image.size), min(image.size)
+            aspect_ratio = max_hw / min_hw
+            shortest_edge = int(min(max_len / aspect_ratio, min_len, min_hw))
+            longest_edge = int(shortest_edge * aspect_ratio)
+            w, h = image.size
+            image = image.resize((shortest_edge, longest_edge) if h > w else (longest_edge, shortest_edge))
+        if return_pil:
+            return image
+        if image_format.upper() in ("JPEG", "JPG") and image.mode != "RGB":
+            image = image.convert("RGB")
+        buffered = BytesIO()
+        image.save(buffered, format=image_format)
+        return base64.b64encode(buffered.getvalue()).decode()
+
+    def get_images(self, return_pil=False):
+        images = []
+        for i, (_, msg) in enumerate(self.messages[self.offset :]):
+            if i % 2 == 0 and isinstance(msg, tuple):
+                _, image, image_process_mode = msg
+                images.append(self.process_image(image, image_process_mode, return_pil=return_pil))
+        return images
+
+    def to_gradio_chatbot(self):
+        ret = []
+        for i, (_, msg) in enumerate(self.messages[self.offset :]):
+            if i % 2 == 0:
+                if isinstance(msg, tuple):
+                    msg, image, _ = msg
+                    img_b64 = self.process_image(image, "Default", return_pil=False, image_format="JPEG")
+                    img_str = f'<img src="data:image/jpeg;base64,{img_b64}" alt="user upload image" />'
+                    msg = img_str + msg.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+                ret.append([msg, None])
+            else:
+                ret[-1][-1] = msg
+        return ret
+
+    def dict(self):
+        has_images = any(isinstance(m, tuple) for _, m in self.messages)
+        messages = [[x, y[0] if isinstance(y, tuple) else y] for x, y in self.messages]
+        return {
+            "system": self.system,
+            "roles": self.roles,
+            "messages": messages if has_images else self.messages,
+            "offset": self.offset,
+            "sep": self.sep,
+            "sep2": self.sep2,
+        }
+
+
+def _conv(system: str, roles, style: SeparatorStyle, sep: str, sep2=None, version="Unknown", messages=()):
+    return Conversation(system, roles, [list(m) for m in messages], 0, style, sep, sep2, version)
+
+
+_VICUNA_V0_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+_VICUNA_V1_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+_MMTAG_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant is able to understand the visual content that the user provides, and assist the user "
+    "with a variety of tasks using natural language."
+    "The visual content will be provided with the following format: <Image>visual content</Image>."
+)
+_LLAMA_2_SYSTEM = (
+    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while "
+    "being safe.  Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, "
+    "or illegal content. Please ensure that your responses are socially unbiased and positive in nature.\n\n"
+    "If a question does not make any sense, or is not factually coherent, explain why instead of answering "
+    "something not correct. If you don't know the answer to a question, please don't share false information."
+)
+_LLAVA_SYSTEM = (
+    "You are a helpful language and vision assistant. "
+    "You are able to understand the visual content that the user provides, "
+    "and assist the user with a variety of tasks using natural language."
+)
+_V0_EXAMPLE = (
+    ("Human", "What are the key differences between renewable and non-renewable energy sources?"),
+    (
+        "Assistant",
+        "Renewable energy sources are those that can be replenished naturally in a relatively "
+        "short amount of time, such as solar, wind, hydro, geothermal, and biomass. "
+        "Non-renewable energy sources, on the other hand, are finite and will eventually be "
+        "depleted, such as coal, oil, and natural gas. Here are some key differences between "
+        "renewable and non-renewable energy sources:\n"
+        "1. Availability: Renewable energy sources are virtually inexhaustible, while non-renewable "
+        "energy sources are finite and will eventually run out.\n"
+        "2. Environmental impact: Renewable energy sources have a much lower environmental impact "
+        "than non-renewable sources, which can lead to air and water pollution, greenhouse gas emissions, "
+        "and other negative effects.\n"
+        "3. Cost: Renewable energy sources can be more expensive to initially set up, but they typically "
+        "have lower operational costs than non-renewable sources.\n"
+        "4. Reliability: Renewable energy sources are often more reliable and can be used in more remote "
+        "locations than non-renewable sources.\n"
+        "5. Flexibility: Renewable energy sources are often more flexible and can be adapted to different "
+        "situations and needs, while non-renewable sources are more rigid and inflexible.\n"
+        "6. Sustainability: Renewable energy sources are more sustainable over the long term, while "
+        "non-renewable sources are not, and their depletion can lead to economic and social instability.\n",
+    ),
+)
+_S = SeparatorStyle
+_CHATML_ROLES = ("<|im_start|>user\n", "<|im_start|>assistant\n")
+
+conv_vicuna_v0 = dataclasses.replace(
+    _conv(_VICUNA_V0_SYSTEM, ("Human", "Assistant"), _S.SINGLE, "###", messages=_V0_EXAMPLE), offset=2
+)
+conv_vicuna_v1 = _conv(_VICUNA_V1_SYSTEM, ("USER", "ASSISTANT"), _S.TWO, " ", "</s>", "v1")
+conv_llama_2 = _conv(_LLAMA_2_SYSTEM, ("USER", "ASSISTANT"), _S.LLAMA_2, "<s>", "</s>", "llama_v2")
+conv_llava_llama_2 = _conv(_LLAVA_SYSTEM, ("USER", "ASSISTANT"), _S.LLAMA_2, "<s>", "</s>", "llama_v2")
+conv_mistral_instruct = _conv("", ("USER", "ASSISTANT"), _S.LLAMA_2, "", "</s>", "llama_v2")
+conv_mpt = _conv(
+    "<|im_start|>system\nA conversation between a user and an LLM-based AI assistant. "
+    "The assistant gives helpful and honest answers.",
+    _CHATML_ROLES,
+    _S.MPT,
+    "<|im_end|>",
+    version="mpt",
+)
+conv_chatml_direct = _conv(
+    "<|im_start|>system\nAnswer the questions.", _CHATML_ROLES, _S.MPT, "<|im_end|>", version="mpt"
+)
+conv_llava_plain = _conv("", ("", ""), _S.PLAIN, "\n")
+conv_llava_v0 = _conv(_VICUNA_V0_SYSTEM, ("Human", "Assistant"), _S.SINGLE, "###")
+conv_llava_v0_mmtag = _conv(_MMTAG_SYSTEM, ("Human", "Assistant"), _S.SINGLE, "###", version="v0_mmtag")
+conv_llava_v1 = _conv(_VICUNA_V0_SYSTEM, ("USER", "ASSISTANT"), _S.TWO, " ", "</s>", "v1")
+conv_llava_v1_mmtag = _conv(_MMTAG_SYSTEM, ("USER", "ASSISTANT"), _S.TWO, " ", "</s>", "v1_mmtag")
+# Added here (not in the original): Qwen2 ChatML and LLaMA-3, rendered as their official templates.
+conv_qwen_2 = _conv(
+    "You are a helpful assistant.", ("user", "assistant"), _S.CHATML, "<|im_end|>", "\n", "qwen_2"
+)
+conv_llama_3 = _conv(_LLAVA_SYSTEM, ("user", "assistant"), _S.LLAMA_3, "<|eot_id|>", version="llama_3")
+conv_chat_template = _conv("", ("user", "assistant"), _S.CHAT_TEMPLATE, "", version="chat_template")
+
+default_conversation = conv_vicuna_v1
+conv_templates: dict[str, Conversation] = {
+    "default": conv_vicuna_v0,
+    "v0": conv_vicuna_v0,
+    "v1": conv_vicuna_v1,
+    "vicuna_v1": conv_vicuna_v1,
+    "llama_2": conv_llama_2,
+    "mistral_instruct": conv_mistral_instruct,
+    "chatml_direct": conv_chatml_direct,
+    "mistral_direct": conv_chatml_direct,
+    "plain": conv_llava_plain,
+    "v0_plain": conv_llava_plain,
+    "llava_v0": conv_llava_v0,
+    "v0_mmtag": conv_llava_v0_mmtag,
+    "llava_v1": conv_llava_v1,
+    "v1_mmtag": conv_llava_v1_mmtag,
+    "llava_llama_2": conv_llava_llama_2,
+    "mpt": conv_mpt,
+    "qwen_2": conv_qwen_2,
+    "llama_3": conv_llama_3,
+    "chat_template": conv_chat_template,
+}
+
+
+def get_conv_template(name: str, tokenizer: Any = None) -> Conversation:
+    """A fresh copy of the template registered as `name` (the `--version` flag).
+
+    `tokenizer` is needed only for "chat_template", which renders with `tokenizer.apply_chat_template`.
+    """
+    if name not in conv_templates:
+        raise ValueError(
+            f"unknown conversation template {name!r} (--version); valid names: {', '.join(sorted(conv_templates))}"
+        )
+    conv = conv_templates[name].copy()
+    if tokenizer is not None:
+        conv.tokenizer = tokenizer
+    return conv
+
+
+if __name__ == "__main__":
+    print(default_conversation.get_prompt())
