@@ -1,0 +1,161 @@
+"""The vision tower: a Hugging Face vision encoder (CLIP, SigLIP) that returns per-patch features.
+
+One class serves every backend; which transformers classes load the weights is decided by the
+``model_type`` in the tower's own ``config.json`` (see ``TOWER_BACKENDS``), never by its name.
+The tower is frozen and runs under ``no_grad`` unless one of its parameters requires grad
+(``--unfreeze_mm_vision_tower``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+import transformers
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TowerBackend:
+    model_class: str
+    config_class: str
+    processor_class: str
+    has_cls_token: bool
+
+
+_CLIP = TowerBackend("CLIPVisionModel", "CLIPVisionConfig", "CLIPImageProcessor", True)
+_SIGLIP = TowerBackend("SiglipVisionModel", "SiglipVisionConfig", "SiglipImageProcessor", False)
+TOWER_BACKENDS = MappingProxyType(
+    {"clip_vision_model": _CLIP, "clip": _CLIP, "siglip_vision_model": _SIGLIP, "siglip": _SIGLIP}
+)
+SELECT_FEATURES = ("patch", "cls_patch")
+
+
+def resolve_tower_backend(name: str) -> TowerBackend:
+    """The backend for the tower folder or hub name ``name``, from its config's ``model_type``."""
+    try:
+        cfg, _ = transformers.PretrainedConfig.get_config_dict(str(name))
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"vision tower {str(name)!r} (mm_vision_tower / --vision_tower) could not be read: {err}. "
+            "Give a local folder holding a CLIP or SigLIP vision model (config.json + weights + "
+            "preprocessor_config.json) or a hub name present in the local cache."
+        ) from err
+    model_type = cfg.get("model_type")
+    if model_type not in TOWER_BACKENDS:
+        raise ValueError(
+            f"unknown vision tower type {model_type!r} in {str(name)!r} (mm_vision_tower / --vision_tower); "
+            f"valid model_type values: {sorted(TOWER_BACKENDS)}"
+        )
+    return TOWER_BACKENDS[model_type]
+
+
+class VisionTower(nn.Module):
+    """Wraps ``<Backend>VisionModel`` as ``self.vision_tower`` (checkpoint keys ``vision_tower.vision_tower.*``).
+
+    ``args`` is anything with ``mm_vision_select_layer`` (default -2), ``mm_vision_select_feature``
+    (``patch`` drops CLS, ``cls_patch`` keeps it) and optionally ``unfreeze_mm_vision_tower``.
+    With ``delay_load`` nothing is read until ``load_model()``.
+    """
+
+    def __init__(self, vision_tower: str, args, delay_load: bool = False):
+        super().__init__()
+        self.is_loaded = False
+        self.vision_tower_name = str(vision_tower)
+        layer = getattr(args, "mm_vision_select_layer", None)
+        self.select_layer = -2 if layer is None else int(layer)
+        self.select_feature = getattr(args, "mm_vision_select_feature", None) or "patch"
+        if self.select_feature not in SELECT_FEATURES:
+            raise ValueError(
+                f"unknown mm_vision_select_feature {self.select_feature!r} (--mm_vision_select_feature); "
+                f"valid: {list(SELECT_FEATURES)}"
+            )
+        self.unfreeze = bool(getattr(args, "unfreeze_mm_vision_tower", False))
+        self._cfg_only = None
+        if not delay_load:
+            self.load_model()
+
+    def load_model(self, device_map=None) -> None:
+        if self.is_loaded:
+            return
+        backend = resolve_tower_backend(self.vision_tower_name)
+        self.backend = backend
+        self.image_processor = getattr(transformers, backend.processor_class).from_pretrained(
+            self.vision_tower_name
+        )
+        model_cls = getattr(transformers, backend.model_class)
+        kwargs = {"device_map": device_map} if device_map is not None else {}
+        self.vision_tower = model_cls.from_pretrained(self.vision_tower_name, **kwargs)
+        self.vision_tower.requires_grad_(self.unfreeze)
+        self.is_loaded = True
+
+    def feature_select(self, outputs) -> torch.Tensor:
+        feats = outputs.hidden_states[self.select_layer]
+        if self.select_feature == "patch" and self.backend.has_cls_token:
+            feats = feats[:, 1:]
+        return feats
+
+    @property
+    def trainable(self) -> bool:
+        return self.is_loaded and any(p.requires_grad for p in self.vision_tower.parameters())
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.vision_tower(pixels.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
+        return self.feature_select(out)
+
+    def forward(self, images):
+        """``images``: [B,3,H,W] -> [B,N,C]; or a list of [3,H,W] -> list of [1,N,C] (as the original)."""
+        if not self.is_loaded:
+            raise RuntimeError(
+                f"vision tower {self.vision_tower_name!r} is not loaded; call model.get_vision_tower().load_model()"
+            )
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            if isinstance(images, list):
+                return [self._encode(img.unsqueeze(0)) for img in images]
+            return self._encode(images)
+
+    @property
+    def dummy_feature(self) -> torch.Tensor:
+        return torch.zeros(1, self.hidden_size, device=self.device, dtype=self.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_tower.dtype if self.is_loaded else torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision_tower.device if self.is_loaded else torch.device("cpu")
+
+    @property
+    def config(self):
+        if self.is_loaded:
+            return self.vision_tower.config
+        if self._cfg_only is None:
+            backend = resolve_tower_backend(self.vision_tower_name)
+            self._cfg_only = getattr(transformers, backend.config_class).from_pretrained(
+                self.vision_tower_name
+            )
+        return self._cfg_only
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.config.image_size // self.config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_patches_per_side**2
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Feature vectors per image: the patches, plus CLS for ``cls_patch`` on towers that have one."""
+        backend = getattr(self, "backend", None) or resolve_tower_backend(self.vision_tower_name)
+        return self.num_patches + int(self.select_feature == "cls_patch" and backend.has_cls_token)
