@@ -1,0 +1,332 @@
+"""The controller: keeps the list of model workers and tells clients which one to use.
+
+    python -m llava.serve.controller --host 0.0.0.0 --port 10000 [--dispatch-method shortest_queue|lottery]
+
+Endpoints (all POST, JSON, as the original): /register_worker, /refresh_all_workers, /list_models,
+/get_worker_address, /receive_heart_beat, /worker_generate_stream (proxied to a worker as a
+NUL-delimited JSON stream), /worker_get_status. Workers that send no heartbeat for
+`--heart-beat-expiration` seconds (default 30, or $LLAVA_CONTROLLER_HEART_BEAT_EXPIRATION) are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+import requests
+from fastapi import Request
+
+from llava.constants import CONTROLLER_HEART_BEAT_EXPIRATION
+from llava.serve import protocol
+from llava.serve.utils import build_logger, env_float
+
+EXPIRATION_ENV = "LLAVA_CONTROLLER_HEART_BEAT_EXPIRATION"
+
+
+class DispatchMethod(Enum):
+    LOTTERY = "lottery"
+    SHORTEST_QUEUE = "shortest_queue"
+
+    @classmethod
+    def from_str(cls, name: str) -> DispatchMethod:
+        try:
+            return cls(name)
+        except ValueError:
+            valid = [m.value for m in cls]
+            raise ValueError(f"invalid dispatch method {name!r}; valid: {valid}") from None
+
+
+@dataclass
+class WorkerInfo:
+    model_names: list[str]
+    speed: float
+    queue_length: int
+    check_heart_beat: bool
+    last_heart_beat: float
+
+
+def _valid_status(status) -> bool:
+    return (
+        isinstance(status, dict)
+        and isinstance(status.get("model_names"), list)
+        and isinstance(status.get("speed", 1), (int, float))
+        and isinstance(status.get("queue_length", 0), (int, float))
+    )
+
+
+class Controller:
+    """Worker registry and dispatch. Thread-safe; `start_expiry_thread` drops silent workers."""
+
+    def __init__(self, dispatch_method: str = "shortest_queue", heart_beat_expiration: float | None = None):
+        self.dispatch_method = DispatchMethod.from_str(dispatch_method)
+        self.heart_beat_expiration = float(
+            heart_beat_expiration or env_float(EXPIRATION_ENV, CONTROLLER_HEART_BEAT_EXPIRATION)
+        )
+        self.worker_info: dict[str, WorkerInfo] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self.logger = build_logger("controller", "controller.log")
+
+    # --- registry -------------------------------------------------------------------------------
+    def register_worker(self, worker_name: str, check_heart_beat: bool, worker_status: dict | None) -> bool:
+        if not worker_status:
+            worker_status = self.get_worker_status(worker_name)
+        if not _valid_status(worker_status):
+            self.logger.error(f"Register failed: {worker_name} gave no usable status ({worker_status!r})")
+            return False
+        with self._lock:
+            known = worker_name in self.worker_info
+            self.worker_info[worker_name] = WorkerInfo(
+                list(worker_status["model_names"]),
+                float(worker_status.get("speed", 1)),
+                int(worker_status.get("queue_length", 0)),
+                bool(check_heart_beat),
+                time.time(),
+            )
+        self.logger.info(
+            f"Register {'an existing' if known else 'a new'} worker: {worker_name}, {worker_status}"
+        )
+        return True
+
+    def get_worker_status(self, worker_name: str) -> dict | None:
+        try:
+            r = requests.post(worker_name + "/worker_get_status", timeout=5)
+        except requests.exceptions.RequestException as e:
+            self.logger.error(f"Get status fails: {worker_name}, {e}")
+            return None
+        if r.status_code != 200:
+            self.logger.error(f"Get status fails: {worker_name}, HTTP {r.status_code}")
+            return None
+        try:
+            return r.json()
+        except ValueError:
+            return None
+
+    def remove_worker(self, worker_name: str) -> None:
+        with self._lock:
+            self.worker_info.pop(worker_name, None)
+
+    def refresh_all_workers(self) -> None:
+        with self._lock:
+            old_info = dict(self.worker_info)
+            self.worker_info = {}
+        for w_name, w_info in old_info.items():
+            if not self.register_worker(w_name, w_info.check_heart_beat, None):
+                self.logger.info(f"Remove stale worker: {w_name}")
+
+    def list_models(self) -> list[str]:
+        with self._lock:
+            names = {m for info in self.worker_info.values() for m in info.model_names}
+        return sorted(names)
+
+    # --- dispatch -------------------------------------------------------------------------------
+    def get_worker_address(self, model_name: str) -> str:
+        """Address of a worker serving `model_name`, or "" when there is none (original contract)."""
+        with self._lock:
+            cands = [(n, i) for n, i in self.worker_info.items() if model_name in i.model_names]
+            if not cands:
+                return ""
+            if self.dispatch_method == DispatchMethod.LOTTERY:
+                weights = [max(i.speed, 0.0) for _, i in cands]
+                if sum(weights) < 1e-4:
+                    return ""
+                return random.choices([n for n, _ in cands], weights=weights)[0]
+            name, info = min(cands, key=lambda c: c[1].queue_length / max(c[1].speed, 1e-4))
+            info.queue_length += 1
+            self.logger.info(
+                f"dispatch {model_name} -> {name} (queues: {[(n, i.queue_length) for n, i in cands]})"
+            )
+            return name
+
+    def receive_heart_beat(self, worker_name: str, queue_length: int) -> bool:
+        with self._lock:
+            info = self.worker_info.get(worker_name)
+            if info is None:
+                self.logger.info(f"Receive unknown heart beat. {worker_name}")
+                return False
+            info.queue_length = int(queue_length)
+            info.last_heart_beat = time.time()
+        return True
+
+    def remove_stale_workers_by_expiration(self) -> list[str]:
+        expire = time.time() - self.heart_beat_expiration
+        with self._lock:
+            stale = [
+                n for n, i in self.worker_info.items() if i.check_heart_beat and i.last_heart_beat < expire
+            ]
+            for name in stale:
+                del self.worker_info[name]
+        for name in stale:
+            self.logger.info(f"Drop worker {name}: no heartbeat for {self.heart_beat_expiration:g}s")
+        return stale
+
+    def start_expiry_thread(self) -> threading.Thread:
+        def loop():
+            period = max(0.2, min(self.heart_beat_expiration / 3, 10.0))
+            while not self._stop.wait(period):
+                self.remove_stale_workers_by_expiration()
+
+        t = threading.Thread(target=loop, name="controller-expiry", daemon=True)
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- acting as a worker (hierarchical controllers) --------------------------------------------
+    def worker_api_get_status(self) -> dict:
+        model_names, speed, queue_length = set(), 0.0, 0
+        with self._lock:
+            names = list(self.worker_info)
+        for w_name in names:
+            status = self.get_worker_status(w_name)
+            if _valid_status(status):
+                model_names.update(status["model_names"])
+                speed += status.get("speed", 1)
+                queue_length += status.get("queue_length", 0)
+        return {"model_names": sorted(model_names), "speed": speed, "queue_length": queue_length}
+
+
+def _no_worker_message(model, models: list[str]) -> str:
+    return (
+        f"No worker serves model {model!r}. Models available: {models or 'none'}. "
+        "Start a model worker for it (python -m llava.serve.model_worker --model-path ...) or pick another model."
+    )
+
+
+def create_app(controller: Controller):
+    """The controller's FastAPI app (the expiry thread runs while the app is served)."""
+    import httpx
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
+        controller.start_expiry_thread()
+        try:
+            yield
+        finally:
+            controller.stop()
+            await app.state.http.aclose()
+
+    app = FastAPI(title="LLaVA controller", lifespan=lifespan)
+
+    async def body(request: Request) -> dict:
+        try:
+            data = await request.json()
+        except ValueError:
+            data = None
+        return data if isinstance(data, dict) else {}
+
+    def bad(msg: str):
+        return JSONResponse({"error": msg}, status_code=400)
+
+    @app.post("/register_worker")
+    async def register_worker(request: Request):
+        data = await body(request)
+        if not isinstance(data.get("worker_name"), str):
+            return bad("register_worker needs 'worker_name' (the worker's http address)")
+        from starlette.concurrency import run_in_threadpool
+
+        ok = await run_in_threadpool(
+            controller.register_worker,
+            data["worker_name"],
+            bool(data.get("check_heart_beat", True)),
+            data.get("worker_status"),
+        )
+        return {"registered": ok}
+
+    @app.post("/refresh_all_workers")
+    def refresh_all_workers():
+        controller.refresh_all_workers()
+        return {"models": controller.list_models()}
+
+    @app.post("/list_models")
+    def list_models():
+        return {"models": controller.list_models()}
+
+    @app.post("/get_worker_address")
+    async def get_worker_address(request: Request):
+        data = await body(request)
+        return {"address": controller.get_worker_address(str(data.get("model", "")))}
+
+    @app.post("/receive_heart_beat")
+    async def receive_heart_beat(request: Request):
+        data = await body(request)
+        if not isinstance(data.get("worker_name"), str):
+            return bad("receive_heart_beat needs 'worker_name' and 'queue_length'")
+        exist = controller.receive_heart_beat(data["worker_name"], int(data.get("queue_length", 0) or 0))
+        return {"exist": exist}
+
+    @app.post("/worker_generate_stream")
+    async def worker_generate_stream(request: Request):
+        params = await body(request)
+        model = params.get("model")
+        addr = controller.get_worker_address(str(model)) if model is not None else ""
+        if not addr:
+            msg = _no_worker_message(model, controller.list_models())
+            controller.logger.info(f"no worker: {model!r}")
+            return Response(protocol.encode_chunk(msg, protocol.NO_WORKER), status_code=404)
+        client: httpx.AsyncClient = request.app.state.http
+        try:
+            upstream = await client.send(
+                client.build_request("POST", addr + "/worker_generate_stream", json=params), stream=True
+            )
+        except httpx.HTTPError as e:
+            controller.logger.info(f"worker unreachable: {addr} ({e})")
+            msg = f"Worker {addr} for model {model!r} is unreachable ({type(e).__name__}); retry shortly."
+            return Response(protocol.encode_chunk(msg, protocol.WORKER_UNREACHABLE), status_code=502)
+
+        async def relay():
+            try:
+                async for piece in upstream.aiter_raw():
+                    yield piece
+            except httpx.HTTPError as e:
+                msg = f"Worker {addr} stopped mid-answer ({type(e).__name__}); please regenerate."
+                yield protocol.encode_chunk(msg, protocol.WORKER_UNREACHABLE)
+            finally:
+                await upstream.aclose()
+
+        return StreamingResponse(relay(), status_code=upstream.status_code)
+
+    @app.post("/worker_get_status")
+    def worker_get_status():
+        return controller.worker_api_get_status()
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="LLaVA serving controller")
+    p.add_argument("--host", type=str, default="localhost")
+    p.add_argument("--port", type=int, default=21001)
+    p.add_argument(
+        "--dispatch-method", type=str, choices=["lottery", "shortest_queue"], default="shortest_queue"
+    )
+    p.add_argument(
+        "--heart-beat-expiration",
+        type=float,
+        default=None,
+        help=f"drop a worker after this many seconds without a heartbeat (default ${EXPIRATION_ENV} or "
+        f"{CONTROLLER_HEART_BEAT_EXPIRATION})",
+    )
+    return p
+
+
+def main(argv=None) -> None:
+    import uvicorn
+
+    args = build_parser().parse_args(argv)
+    controller = Controller(args.dispatch_method, args.heart_beat_expiration)
+    controller.logger.info(f"args: {args}")
+    uvicorn.run(create_app(controller), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

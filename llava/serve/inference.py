@@ -1,0 +1,270 @@
+"""Model-side work of a model worker: validate a request, then stream the generated answer.
+
+`ModelRunner.prepare(params)` checks everything that can be wrong with a `/worker_generate_stream`
+request (types, images, `<image>` count, context length) and raises `RequestError` with a message
+for the user; nothing is computed on the model before that. `ModelRunner.stream(prepared)` runs
+`model.generate` in a thread with transformers' `TextIteratorStreamer` and yields protocol dicts
+`{"text": prompt + answer so far, "error_code": 0}`. Stop strings are cut without ever sending a
+partial stop string, and generation ends as soon as one appears or the consumer goes away.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    IMAGE_TOKEN_INDEX,
+)
+from llava.serve import protocol
+from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS, ImageInputError, load_image_from_base64
+
+MAX_NEW_TOKENS_CAP = 1024  # the original worker's cap
+MAX_IMAGES_PER_REQUEST = 16
+
+
+class RequestError(ValueError):
+    """A request the worker cannot serve; the message is shown to the user."""
+
+
+@dataclass
+class Prepared:
+    prompt: str
+    input_ids: torch.Tensor
+    image_args: dict
+    gen_kwargs: dict
+    stop: list[str]
+    max_new_tokens: int
+    prompt_tokens: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class _Cancel(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+class _CountingStreamer(TextIteratorStreamer):
+    """TextIteratorStreamer that also counts the generated tokens."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generated_tokens = 0
+
+    def put(self, value):
+        if not (self.skip_prompt and self.next_tokens_are_prompt):
+            self.generated_tokens += int(value.numel())
+        super().put(value)
+
+
+def _number(params: dict, key: str, default, kind, lo=None, hi=None):
+    value = params.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(f"'{key}' must be a number, got {value!r}")
+    if kind is int and float(value) != int(value):
+        raise RequestError(f"'{key}' must be an integer, got {value!r}")
+    value = kind(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise RequestError(f"'{key}'={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _stop_list(raw) -> list[str]:
+    if raw is None or raw == "":
+        return []
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, list) and all(isinstance(s, str) for s in raw):
+        return [s for s in raw if s]
+    raise RequestError(f"'stop' must be a string or a list of strings, got {raw!r}")
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of `text` that could be the start of a stop string."""
+    keep = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), keep, -1):
+            if s.startswith(text[-n:]):
+                keep = n
+                break
+    return keep
+
+
+class ModelRunner:
+    """Holds a loaded model and serves generation requests for it (one instance per worker)."""
+
+    def __init__(
+        self,
+        tokenizer,
+        model,
+        image_processor,
+        context_len: int,
+        model_name: str,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        stream_timeout: float | None = 300.0,
+    ):
+        self.tokenizer, self.model, self.image_processor = tokenizer, model, image_processor
+        self.context_len = int(context_len)
+        self.model_name = model_name
+        self.max_image_pixels = max_image_pixels
+        self.stream_timeout = stream_timeout
+        tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
+        self.vision_tower = tower
+        self.is_multimodal = tower is not None and image_processor is not None
+
+    # --- validation -----------------------------------------------------------------------------
+    def prepare(self, params) -> Prepared:
+        from llava.mm_utils import process_images, tokenizer_image_token
+
+        if not isinstance(params, dict):
+            raise RequestError("the request body must be a JSON object")
+        model = params.get("model")
+        if model is not None and model != self.model_name:
+            raise RequestError(f"this worker serves {self.model_name!r}, not {model!r}")
+        prompt = params.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise RequestError("'prompt' must be a non-empty string")
+        images = params.get("images") or []
+        if not isinstance(images, list):
+            raise RequestError("'images' must be a list of base64-encoded images")
+        if len(images) > MAX_IMAGES_PER_REQUEST:
+            raise RequestError(f"{len(images)} images sent; at most {MAX_IMAGES_PER_REQUEST} per request")
+        n_tokens = prompt.count(DEFAULT_IMAGE_TOKEN)
+        if images and not self.is_multimodal:
+            raise RequestError(
+                f"model {self.model_name!r} has no vision tower; send the request without images"
+            )
+        if len(images) != n_tokens:
+            raise RequestError(
+                f"the prompt has {n_tokens} {DEFAULT_IMAGE_TOKEN} token(s) but {len(images)} image(s) were sent; "
+                f"put one {DEFAULT_IMAGE_TOKEN} in the prompt per image"
+            )
+
+        temperature = _number(params, "temperature", 1.0, float, 0.0, 100.0)
+        top_p = _number(params, "top_p", 1.0, float, 0.0, 1.0)
+        top_k = _number(params, "top_k", 50, int, 0, None)
+        repetition_penalty = _number(params, "repetition_penalty", 1.0, float, 1e-6, None)
+        max_new_tokens = min(_number(params, "max_new_tokens", 256, int, 1, None), MAX_NEW_TOKENS_CAP)
+        stop = _stop_list(params.get("stop"))
+        eos = getattr(self.tokenizer, "eos_token", None)
+        if isinstance(eos, str) and eos and eos not in stop:
+            stop.append(eos)  # special tokens are decoded (templates stop on them); never show EOS
+
+        image_args: dict = {}
+        text = prompt
+        num_image_tokens = 0
+        if images:
+            pil = []
+            for i, img in enumerate(images):
+                if isinstance(img, Image.Image):  # in-process callers (the CLI) pass PIL images
+                    pil.append(img.convert("RGB"))
+                    continue
+                try:
+                    pil.append(
+                        load_image_from_base64(img, f"image {i + 1} of {len(images)}", self.max_image_pixels)
+                    )
+                except ImageInputError as e:
+                    raise RequestError(str(e)) from None
+            dtype = next(self.model.parameters()).dtype
+            tensors = process_images(pil, self.image_processor, self.model.config)
+            if isinstance(tensors, list):
+                tensors = [t.to(self.model.device, dtype=dtype) for t in tensors]
+            else:
+                tensors = tensors.to(self.model.device, dtype=dtype)
+            image_args = {"images": tensors, "image_sizes": [im.size for im in pil]}
+            if getattr(self.model.config, "mm_use_im_start_end", False):
+                text = text.replace(
+                    DEFAULT_IMAGE_TOKEN, DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+                )
+            num_image_tokens = len(images) * int(getattr(self.vision_tower, "num_patches", 0) or 0)
+
+        input_ids = tokenizer_image_token(text, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        input_ids = input_ids.unsqueeze(0).to(self.model.device)
+        prompt_tokens = int(input_ids.shape[-1]) - len(images) + num_image_tokens
+        room = self.context_len - prompt_tokens
+        if room < 1:
+            raise RequestError(
+                f"the prompt is {prompt_tokens} tokens (images included) but the model's context is "
+                f"{self.context_len}; shorten it or start a new conversation"
+            )
+        max_new_tokens = min(max_new_tokens, room)
+
+        do_sample = temperature > 0.001
+        gen_kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, use_cache=True)
+        if do_sample:
+            gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
+        if repetition_penalty != 1.0:
+            gen_kwargs["repetition_penalty"] = repetition_penalty
+        return Prepared(prompt, input_ids, image_args, gen_kwargs, stop, max_new_tokens, prompt_tokens)
+
+    # --- generation -----------------------------------------------------------------------------
+    def stream(self, prep: Prepared) -> Iterator[dict]:
+        streamer = _CountingStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=False, timeout=self.stream_timeout
+        )
+        failure: list[BaseException] = []
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    self.model.generate(
+                        inputs=prep.input_ids,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_Cancel(prep.cancel)]),
+                        pad_token_id=pad_id,
+                        **prep.image_args,
+                        **prep.gen_kwargs,
+                    )
+            except BaseException as e:  # reported to the client below; the worker lives on
+                failure.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="llava-generate", daemon=True)
+        thread.start()
+        answer, sent, finish = "", -1, "length"
+        try:
+            for piece in streamer:
+                answer += piece
+                hit = [answer.find(s) for s in prep.stop if s in answer]
+                if hit:
+                    answer = answer[: min(hit)]
+                    finish = "stop"
+                    prep.cancel.set()
+                    break
+                visible = len(answer) - held_back(answer, prep.stop)
+                if visible > sent:
+                    sent = visible
+                    yield {"text": prep.prompt + answer[:visible], "error_code": protocol.OK}
+        finally:
+            prep.cancel.set()
+            thread.join(timeout=self.stream_timeout)
+        if failure:
+            e = failure[0]
+            yield {"text": f"Generation failed: {type(e).__name__}: {e}", "error_code": protocol.WORKER_ERROR}
+            return
+        if finish != "stop" and streamer.generated_tokens < prep.max_new_tokens:
+            finish = "stop"  # ended on the end-of-sequence token
+        yield {
+            "text": prep.prompt + answer,
+            "error_code": protocol.OK,
+            "finish_reason": finish,
+            "usage": {"prompt_tokens": prep.prompt_tokens, "completion_tokens": streamer.generated_tokens},
+        }

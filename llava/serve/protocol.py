@@ -1,0 +1,69 @@
+"""The worker/controller wire protocol of the original LLaVA serving stack.
+
+`/worker_generate_stream` answers with a stream of JSON objects, each followed by a NUL byte:
+
+    {"text": <prompt + answer so far>, "error_code": 0}\\0
+    {"text": <prompt + longer answer>, "error_code": 0}\\0
+    ...
+
+A failed request ends the stream with one chunk whose `error_code` is not 0 and whose `text` is a
+message for the user. The last chunk of a successful stream may also carry `finish_reason`
+("stop" or "length") and `usage` ({"prompt_tokens", "completion_tokens"}); older clients ignore them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+OK = 0
+WORKER_ERROR = 1  # the worker rejected the request or generation failed (original: ValueError, CUDA error)
+NO_WORKER = 2  # the controller knows no worker for the requested model
+WORKER_UNREACHABLE = 3  # the controller could not reach the worker it chose
+
+DELIMITER = b"\0"
+
+
+def encode_chunk(text: str, error_code: int = OK, **extra: Any) -> bytes:
+    """One protocol chunk: JSON + NUL."""
+    return json.dumps({"text": text, "error_code": error_code, **extra}).encode() + DELIMITER
+
+
+def _split(buffer: bytes) -> tuple[list[bytes], bytes]:
+    *parts, rest = buffer.split(DELIMITER)
+    return [p for p in parts if p], rest
+
+
+def _decode(raw: bytes) -> dict:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"malformed stream chunk from worker ({e}): {raw[:200]!r}") from None
+    if not isinstance(obj, dict) or "text" not in obj or "error_code" not in obj:
+        raise ValueError(f"stream chunk lacks 'text'/'error_code': {raw[:200]!r}")
+    return obj
+
+
+def iter_chunks(byte_pieces: Iterable[bytes]) -> Iterator[dict]:
+    """Decode a NUL-delimited JSON stream given as arbitrary byte pieces (e.g. `response.iter_content()`)."""
+    buffer = b""
+    for piece in byte_pieces:
+        buffer += piece
+        parts, buffer = _split(buffer)
+        for raw in parts:
+            yield _decode(raw)
+    if buffer.strip():
+        yield _decode(buffer)
+
+
+async def aiter_chunks(byte_pieces: AsyncIterator[bytes]) -> AsyncIterator[dict]:
+    """Async twin of `iter_chunks` (for `httpx.Response.aiter_raw()`)."""
+    buffer = b""
+    async for piece in byte_pieces:
+        buffer += piece
+        parts, buffer = _split(buffer)
+        for raw in parts:
+            yield _decode(raw)
+    if buffer.strip():
+        yield _decode(buffer)
