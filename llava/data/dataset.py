@@ -1,0 +1,267 @@
+"""The training dataset: LCS-558K / mix665k style JSON, tokenised lazily, images from --image_folder.
+
+A sample is `{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}, ...]}`; samples
+without "image" are text-only. `__getitem__` returns `input_ids` and `labels` (from
+`llava.data.preprocess`) and, for a multimodal model, `image` (a zero image for text-only samples,
+so every sample of a batch carries one). Bad samples stop training with an error that names the
+sample and the file, or with `--skip_bad_samples True` are dropped (found before training) or
+replaced by the next good sample of the same modality (found while loading) and counted.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from llava.data.length_cache import LengthOptions, load_or_compute
+
+logger = logging.getLogger(__name__)
+
+MAX_LISTED_ERRORS = 10
+
+
+class BadSampleError(ValueError):
+    """A sample that cannot be used: names it (`sample_id`, `index`) and says what to do."""
+
+    def __init__(self, message: str, sample_id=None, index: int | None = None):
+        super().__init__(message)
+        self.sample_id = sample_id
+        self.index = index
+
+
+def load_samples(data_path: str | os.PathLike) -> list[dict]:
+    """The JSON list of samples in `data_path` (a .jsonl file is read line by line)."""
+    path = Path(data_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--data_path {path} does not exist")
+    try:
+        if path.suffix == ".jsonl":
+            with open(path) as f:
+                samples = [json.loads(line) for line in f if line.strip()]
+        else:
+            with open(path) as f:
+                samples = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--data_path {path} is not valid JSON: {e}") from e
+    if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
+        raise ValueError(f"--data_path {path} must hold a JSON list of sample objects")
+    if not samples:
+        raise ValueError(f"--data_path {path} holds no samples")
+    return samples
+
+
+def check_sample_shape(sample: dict, is_multimodal: bool) -> str | None:
+    """Why the sample's structure is unusable here, or None. (`<image>` marker counts are checked
+    by `preprocess`, which tokenises the sample.)"""
+    if not isinstance(sample.get("conversations"), list) or not sample["conversations"]:
+        return "has no 'conversations' list"
+    if "image" in sample:
+        if not isinstance(sample["image"], str):
+            return f"'image' must be one file name, got {sample['image']!r} (multi-image samples are not supported)"
+        if not is_multimodal:
+            return "has an image but the model has no vision tower (pass --vision_tower)"
+    return None
+
+
+class LazySupervisedDataset(Dataset):
+    """Dataset for supervised fine-tuning; samples are tokenised when they are loaded."""
+
+    def __init__(self, data_path: str, tokenizer, data_args, conv_version: str | None = None):
+        super().__init__()
+        self.data_path = str(data_path)
+        self.tokenizer = tokenizer
+        self.data_args = data_args
+        self.conv_version = conv_version or getattr(data_args, "conv_version", None)
+        self.list_data_dict = load_samples(data_path)
+        self._text_lengths: list[int] | None = None
+        self.skipped = 0  # samples replaced while loading (per process)
+        self._failed: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.list_data_dict)
+
+    # ---------------------------------------------------------------- validation and lengths
+    @property
+    def is_multimodal(self) -> bool:
+        return bool(getattr(self.data_args, "is_multimodal", False))
+
+    def _missing_images(self) -> dict[int, str]:
+        folder = getattr(self.data_args, "image_folder", None) or ""
+        errors = {}
+        for i, s in enumerate(self.list_data_dict):
+            if isinstance(s.get("image"), str) and not os.path.isfile(os.path.join(folder, s["image"])):
+                errors[i] = f"image file {os.path.join(folder, s['image'])} not found (check --image_folder)"
+        return errors
+
+    def prepare(self) -> None:
+        """Count tokens (cached next to the data), check images exist; raise on or drop bad samples."""
+        if self._text_lengths is not None:
+            return
+        opts = LengthOptions(
+            self.conv_version, bool(getattr(self.data_args, "mm_use_im_start_end", False)), self.is_multimodal
+        )
+        errors = {
+            i: err
+            for i, s in enumerate(self.list_data_dict)
+            if (err := check_sample_shape(s, self.is_multimodal))
+        }
+        good = [s for i, s in enumerate(self.list_data_dict) if i not in errors]
+        good_index = [i for i in range(len(self.list_data_dict)) if i not in errors]
+        counts, count_errors = load_or_compute(
+            self.data_path, good, self.tokenizer, opts, getattr(self.data_args, "lengths_cache_dir", None)
+        )
+        lengths = dict(zip(good_index, counts))
+        errors.update({good_index[j]: err for j, err in count_errors.items()})
+        errors.update({i: e for i, e in self._missing_images().items() if i not in errors})
+        if errors:
+            self._report(errors)
+            keep = [i for i in range(len(self.list_data_dict)) if i not in errors]
+            self.list_data_dict = [self.list_data_dict[i] for i in keep]
+            lengths = {new: lengths[old] for new, old in enumerate(keep)}
+            if not self.list_data_dict:
+                raise ValueError(f"no usable samples left in {self.data_path}")
+        self._text_lengths = [lengths[i] for i in range(len(self.list_data_dict))]
+
+    def _report(self, errors: dict[int, str]) -> None:
+        listed = "\n".join(
+            f"  sample {self.list_data_dict[i].get('id', '?')!r} (index {i}): {err}"
+            for i, err in sorted(errors.items())[:MAX_LISTED_ERRORS]
+        )
+        more = (
+            f"\n  ... and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""
+        )
+        summary = f"{len(errors)} of {len(self.list_data_dict)} samples in {self.data_path} are unusable:\n"
+        if not getattr(self.data_args, "skip_bad_samples", False):
+            raise BadSampleError(
+                summary
+                + listed
+                + more
+                + "\nFix them, or pass --skip_bad_samples True to train without them.",
+                sample_id=self.list_data_dict[min(errors)].get("id"),
+                index=min(errors),
+            )
+        logger.warning("--skip_bad_samples: dropping %s%s%s", summary, listed, more)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per sample the model sees: text tokens plus the image's tokens."""
+        self.prepare()
+        n_img = int(getattr(self.data_args, "num_image_tokens", 0) or 0)
+        return [t + (n_img if "image" in s else 0) for t, s in zip(self._text_lengths, self.list_data_dict)]
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """`lengths`, negated for text-only samples (the modality-grouped sampler's input)."""
+        return [n if "image" in s else -n for n, s in zip(self.lengths, self.list_data_dict)]
+
+    # ---------------------------------------------------------------- loading
+    def _image(self, i: int, sample: dict):
+        from PIL import Image, UnidentifiedImageError
+
+        from llava.mm_utils import process_images
+
+        processor = getattr(self.data_args, "image_processor", None)
+        if processor is None:
+            raise ValueError("data_args.image_processor is not set: the model has no vision tower")
+        path = os.path.join(getattr(self.data_args, "image_folder", None) or "", sample["image"])
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except FileNotFoundError as e:
+            raise self._error(i, f"image file {path} not found (check --image_folder)") from e
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise self._error(i, f"image file {path} cannot be read ({type(e).__name__}: {e})") from e
+        pixels = process_images([image], processor, self.data_args)
+        return pixels[0], image.size
+
+    def _zero_image(self):
+        processor = self.data_args.image_processor
+        crop = getattr(processor, "crop_size", None) or processor.size
+        h, w = (crop["height"], crop["width"]) if "height" in crop else (crop["shortest_edge"],) * 2
+        return torch.zeros(3, h, w), (w, h)
+
+    def _error(self, i: int, message: str) -> BadSampleError:
+        sid = self.list_data_dict[i].get("id", "?")
+        hint = (
+            "" if getattr(self.data_args, "skip_bad_samples", False) else " (or pass --skip_bad_samples True)"
+        )
+        return BadSampleError(
+            f"sample {sid!r} (index {i}) of {self.data_path}: {message}{hint}", sample_id=sid, index=i
+        )
+
+    def _load(self, i: int) -> dict:
+        from llava.data.preprocess import SampleError, preprocess, preprocess_multimodal
+
+        sample = self.list_data_dict[i]
+        problem = check_sample_shape(sample, self.is_multimodal)
+        if problem:
+            raise self._error(i, problem)
+        has_image = "image" in sample
+        sources = [copy.deepcopy(sample["conversations"])]
+        item = {}
+        if has_image:
+            item["image"], item["image_size"] = self._image(i, sample)
+            sources = preprocess_multimodal(sources, self.data_args, conv=self.conv_version)
+        elif self.is_multimodal:
+            item["image"], item["image_size"] = self._zero_image()
+        try:
+            data = preprocess(
+                sources,
+                self.tokenizer,
+                has_image=has_image,
+                conv=self.conv_version,
+                sample_ids=[sample.get("id")],
+            )
+        except SampleError as e:
+            raise self._error(i, e.reason) from e
+        item["input_ids"] = data["input_ids"][0]
+        item["labels"] = data["labels"][0]
+        return item
+
+    def _substitute(self, i: int) -> int:
+        has_image = "image" in self.list_data_dict[i]
+        n = len(self.list_data_dict)
+        for step in range(1, n):
+            j = (i + step) % n
+            if j not in self._failed and ("image" in self.list_data_dict[j]) == has_image:
+                return j
+        raise ValueError(f"no usable sample left in {self.data_path} to replace index {i}")
+
+    def __getitem__(self, i: int) -> dict:
+        while True:
+            try:
+                return self._load(i)
+            except BadSampleError as e:
+                if not getattr(self.data_args, "skip_bad_samples", False):
+                    raise
+                self._failed.add(i)
+                self.skipped += 1
+                logger.warning("--skip_bad_samples: skipped %s (%d skipped so far here)", e, self.skipped)
+                i = self._substitute(i)
+
+
+def make_supervised_data_module(tokenizer, data_args, training_args=None) -> dict:
+    """Dataset and collator for `LLaVATrainer(**module)`.
+
+    With `training_args`, the local main process counts tokens first (filling the cache) while
+    the other ranks wait, then read the cache.
+    """
+    from llava.data.collator import DataCollatorForSupervisedDataset
+
+    dataset = LazySupervisedDataset(data_path=data_args.data_path, tokenizer=tokenizer, data_args=data_args)
+    if training_args is not None:
+        with training_args.main_process_first(local=True, desc="counting tokens"):
+            dataset.prepare()
+    else:
+        dataset.prepare()
+    return dict(
+        train_dataset=dataset,
+        eval_dataset=None,
+        data_collator=DataCollatorForSupervisedDataset(tokenizer=tokenizer),
+    )
