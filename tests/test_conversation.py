@@ -1,5 +1,7 @@
 """Golden prompt strings for every template (written out by hand from the original LLaVA templates)."""
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -204,21 +206,10 @@ def test_llama_2_must_start_with_user():
         conv.get_prompt()
 
 
-# ChatML template in the form Qwen2-Instruct ships (default system prompt when none is given).
-QWEN2_JINJA = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-# LLaMA-3-Instruct's template.
-LLAMA3_JINJA = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    " + message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
+# Chat templates written in the form Qwen2-Instruct and LLaMA-3-Instruct ship them.
+CHAT_TEMPLATES = Path(__file__).resolve().parent / "fixtures" / "chat_templates"
+QWEN2_JINJA = (CHAT_TEMPLATES / "qwen2.jinja").read_text()
+LLAMA3_JINJA = (CHAT_TEMPLATES / "llama3.jinja").read_text()
 
 
 @pytest.mark.parametrize(("jinja", "name"), [(QWEN2_JINJA, "qwen_2"), (LLAMA3_JINJA, "llama_3")])
