@@ -55,6 +55,7 @@ class ServiceProcess:
         url: str,
         log_dir: str | os.PathLike,
         env: dict | None = None,
+        cwd: str | os.PathLike | None = None,
     ) -> ServiceProcess:
         log_path = Path(log_dir) / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +67,7 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=full_env,
+                cwd=cwd,
                 start_new_session=True,
             )
         return cls(name, popen, url, log_path)

@@ -1,0 +1,172 @@
+"""The OpenAI-compatible API, driven by the official `openai` client, plus prompt building in-process."""
+
+import base64
+
+import openai
+import pytest
+import requests
+
+from llava.serve import protocol
+from llava.serve.conv_mode import get_template
+from llava.serve.openai_messages import APIError, ChatCompletionRequest, build_prompt
+from tests.serve.stack import API_KEY, MODEL_A, WATERVIEW
+
+DATA_URL = "data:image/jpeg;base64," + base64.b64encode(WATERVIEW.read_bytes()).decode()
+QUESTION = "What is in the picture?"
+
+
+def image_message(url=DATA_URL, text=QUESTION):
+    return {
+        "role": "user",
+        "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}],
+    }
+
+
+# ----------------------------------------------------------------------------- in-process prompt building
+def test_build_prompt_renders_the_template_with_images_in_place():
+    req = ChatCompletionRequest.model_validate(
+        {
+            "model": MODEL_A,
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                image_message(),
+                {"role": "assistant", "content": "A lake."},
+                {"role": "user", "content": "Is it calm?"},
+            ],
+        }
+    )
+    prompt, images = build_prompt(req, get_template("llava_v1"))
+    assert prompt == f"Be brief. USER: <image>\n{QUESTION} ASSISTANT: A lake.</s>USER: Is it calm? ASSISTANT:"
+    assert images == [DATA_URL.split(",", 1)[1]]
+
+
+@pytest.mark.parametrize(
+    "messages, match",
+    [
+        ([image_message(url="https://example.com/cat.jpg")], "disabled on this server"),
+        ([{"role": "user", "content": "look: <image>"}], "may not contain '<image>'"),
+        ([{"role": "assistant", "content": "hi"}], "must start with a user message"),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+            "last message must come from the user",
+        ),
+        ([{"role": "tool", "content": "x"}], "role 'tool' is not supported"),
+        ([image_message(url="data:image/png;base64,!!!!")], "not valid base64"),
+    ],
+)
+def test_build_prompt_rejects_bad_conversations(messages, match):
+    req = ChatCompletionRequest.model_validate({"model": MODEL_A, "messages": messages})
+    with pytest.raises(APIError, match=match) as e:
+        build_prompt(req, get_template("llava_v1"))
+    assert e.value.status == 400
+
+
+# ----------------------------------------------------------------------------- real processes
+@pytest.fixture
+def client(stack):
+    return openai.OpenAI(base_url=stack.api.url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def _direct_answer(stack, max_new_tokens):
+    conv = get_template("llava_v1")
+    conv.append_message(conv.roles[0], "<image>\n" + QUESTION)
+    conv.append_message(conv.roles[1], None)
+    prompt = conv.get_prompt()
+    body = {
+        "model": MODEL_A,
+        "prompt": prompt,
+        "images": [DATA_URL.split(",", 1)[1]],
+        "temperature": 0.0,
+        "max_new_tokens": max_new_tokens,
+        "stop": ["</s>"],
+    }
+    r = requests.post(stack.workers["worker-a"].url + "/worker_generate_stream", json=body, timeout=60)
+    return list(protocol.iter_chunks([r.content]))[-1]["text"][len(prompt) :].lstrip()
+
+
+@pytest.mark.slow
+def test_models_and_plain_completion_with_image(stack, client):
+    assert MODEL_A in [m.id for m in client.models.list().data]
+    out = client.chat.completions.create(
+        model=MODEL_A, messages=[image_message()], temperature=0, max_tokens=10
+    )
+    choice = out.choices[0]
+    assert out.object == "chat.completion" and out.model == MODEL_A
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    assert out.usage.completion_tokens >= 1 and out.usage.total_tokens > out.usage.prompt_tokens
+    # Same greedy answer as the worker gives for the prompt the template renders.
+    assert choice.message.content and choice.message.content == _direct_answer(stack, 10)
+
+
+@pytest.mark.slow
+def test_streamed_completion_with_image(client):
+    plain = client.chat.completions.create(
+        model=MODEL_A, messages=[image_message()], temperature=0, max_tokens=12
+    )
+    stream = client.chat.completions.create(
+        model=MODEL_A,
+        messages=[image_message()],
+        temperature=0,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) >= 2, "the answer should arrive in several pieces"
+    assert "".join(deltas) == plain.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [plain.choices[0].finish_reason]
+    assert (
+        chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(model="no-such-model"), openai.NotFoundError, "No worker serves model 'no-such-model'"),
+        (dict(model="no-such-model", stream=True), openai.NotFoundError, "No worker serves model"),
+        (
+            dict(messages=[image_message(url="http://127.0.0.1:9/x.jpg")]),
+            openai.BadRequestError,
+            "--allow-image-urls",
+        ),
+        (
+            dict(messages=[image_message(url="data:image/png;base64,@@@@")]),
+            openai.BadRequestError,
+            "not valid base64",
+        ),
+        (
+            dict(
+                messages=[
+                    image_message(url="data:image/png;base64," + base64.b64encode(b"plain text").decode())
+                ]
+            ),
+            openai.BadRequestError,
+            "not a readable image",
+        ),
+        (dict(messages=[image_message(text="word " * 2100)]), openai.BadRequestError, "context is 2048"),
+        (dict(n=2), openai.BadRequestError, "only n=1"),
+        (dict(temperature=5), openai.BadRequestError, "temperature"),
+        (dict(messages=[]), openai.BadRequestError, "messages"),
+    ],
+)
+def test_bad_requests_get_openai_errors(client, kwargs, error, match):
+    args = dict(model=MODEL_A, messages=[image_message()], max_tokens=4)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        out = client.chat.completions.create(**args)
+        if args.get("stream"):
+            list(out)
+    # The service keeps serving.
+    assert client.chat.completions.create(model=MODEL_A, messages=[image_message()], max_tokens=2).choices
+
+
+@pytest.mark.slow
+def test_api_key_is_required(stack):
+    bad = openai.OpenAI(base_url=stack.api.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="API key"):
+        bad.models.list()
+    assert requests.get(stack.api.url + "/v1/models", timeout=10).status_code == 401
