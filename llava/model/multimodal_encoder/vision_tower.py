@@ -32,8 +32,7 @@ TOWER_BACKENDS = MappingProxyType(
 SELECT_FEATURES = ("patch", "cls_patch")
 
 
-def resolve_tower_backend(name: str) -> TowerBackend:
-    """The backend for the tower folder or hub name ``name``, from its config's ``model_type``."""
+def _read_tower_config(name: str) -> dict:
     try:
         cfg, _ = transformers.PretrainedConfig.get_config_dict(str(name))
     except (OSError, ValueError) as err:
@@ -42,13 +41,47 @@ def resolve_tower_backend(name: str) -> TowerBackend:
             "Give a local folder holding a CLIP or SigLIP vision model (config.json + weights + "
             "preprocessor_config.json) or a hub name present in the local cache."
         ) from err
-    model_type = cfg.get("model_type")
+    return cfg
+
+
+def _backend_for(model_type, name: str) -> TowerBackend:
     if model_type not in TOWER_BACKENDS:
         raise ValueError(
             f"unknown vision tower type {model_type!r} in {str(name)!r} (mm_vision_tower / --vision_tower); "
             f"valid model_type values: {sorted(TOWER_BACKENDS)}"
         )
     return TOWER_BACKENDS[model_type]
+
+
+def _tower_source(name: str) -> tuple[TowerBackend, dict | None]:
+    """``(backend, vision_config)``: vision_config is the nested dict of a llava-hf folder, else None."""
+    cfg = _read_tower_config(name)
+    nested = cfg.get("vision_config") if cfg.get("model_type") == "llava" else None
+    if nested is not None and not isinstance(nested, dict):
+        nested = None
+    return _backend_for((nested or cfg).get("model_type"), name), nested
+
+
+def resolve_tower_backend(name: str) -> TowerBackend:
+    """The backend for the tower folder or hub name ``name``, from its config's ``model_type``.
+
+    A llava-hf folder (``model_type`` llava with a ``vision_config``) counts as a tower too.
+    """
+    return _tower_source(name)[0]
+
+
+def _load_from_llava_hf(name: str, backend: TowerBackend, vision_config: dict):
+    """The vision model inside a llava-hf checkpoint (``LlavaForConditionalGeneration`` folder)."""
+    from ..checkpoint import fit_tower_keys, read_checkpoint_tensors
+
+    cfg = getattr(transformers, backend.config_class).from_dict(vision_config)
+    model = getattr(transformers, backend.model_class)(cfg)
+    stored = read_checkpoint_tensors(name, "model.vision_tower.") or read_checkpoint_tensors(
+        name, "vision_tower."
+    )
+    stored = fit_tower_keys(stored, model.state_dict().keys())
+    model.load_state_dict(stored, strict=True)
+    return model.eval()
 
 
 class VisionTower(nn.Module):
@@ -79,14 +112,26 @@ class VisionTower(nn.Module):
     def load_model(self, device_map=None) -> None:
         if self.is_loaded:
             return
-        backend = resolve_tower_backend(self.vision_tower_name)
-        self.backend = backend
-        self.image_processor = getattr(transformers, backend.processor_class).from_pretrained(
+        backend, nested = _tower_source(self.vision_tower_name)
+        image_processor = getattr(transformers, backend.processor_class).from_pretrained(
             self.vision_tower_name
         )
-        model_cls = getattr(transformers, backend.model_class)
-        kwargs = {"device_map": device_map} if device_map is not None else {}
-        self.vision_tower = model_cls.from_pretrained(self.vision_tower_name, **kwargs)
+        if nested is not None:
+            model = _load_from_llava_hf(self.vision_tower_name, backend, nested)
+        else:
+            kwargs = {"device_map": device_map} if device_map is not None else {}
+            model = getattr(transformers, backend.model_class).from_pretrained(
+                self.vision_tower_name, **kwargs
+            )
+        self.adopt(model, image_processor, backend)
+
+    def adopt(self, vision_model, image_processor, backend: TowerBackend | None = None) -> None:
+        """Use an already built vision model (e.g. from a llava-hf checkpoint) as this tower."""
+        if backend is None:
+            backend = _backend_for(vision_model.config.model_type, self.vision_tower_name)
+        self.backend = backend
+        self.image_processor = image_processor
+        self.vision_tower = vision_model
         self.vision_tower.requires_grad_(self.unfreeze)
         self.is_loaded = True
 
@@ -132,9 +177,10 @@ class VisionTower(nn.Module):
         if self.is_loaded:
             return self.vision_tower.config
         if self._cfg_only is None:
-            backend = resolve_tower_backend(self.vision_tower_name)
-            self._cfg_only = getattr(transformers, backend.config_class).from_pretrained(
-                self.vision_tower_name
+            backend, nested = _tower_source(self.vision_tower_name)
+            config_cls = getattr(transformers, backend.config_class)
+            self._cfg_only = (
+                config_cls.from_dict(nested) if nested else config_cls.from_pretrained(self.vision_tower_name)
             )
         return self._cfg_only
 
