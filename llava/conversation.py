@@ -34,6 +34,8 @@ class SeparatorStyle(Enum):
     MPT = auto()
     PLAIN = auto()
     LLAMA_2 = auto()
+    # New styles: user turns end with `sep`, assistant turns with `sep2` (both the end-of-turn
+    # token, so either serving rule for the stop string finds it).
     CHATML = auto()  # Qwen2-style: <|im_start|>role\n...<|im_end|>\n
     LLAMA_3 = auto()  # <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>
     CHAT_TEMPLATE = auto()  # the tokenizer's own chat template (tokenizer.apply_chat_template)
@@ -99,7 +101,7 @@ class Conversation:
         elif style == SeparatorStyle.PLAIN:
             out.append((self.system, False))
         elif style == SeparatorStyle.CHATML and self.system:
-            out.append((f"<|im_start|>system\n{self.system}{self.sep}{self.sep2 or ''}", False))
+            out.append((f"<|im_start|>system\n{self.system}{self.sep}\n", False))
         elif style == SeparatorStyle.LLAMA_3 and self.system:
             out.append((f"<|start_header_id|>system<|end_header_id|>\n\n{self.system}{self.sep}", False))
         elif style not in (SeparatorStyle.CHATML, SeparatorStyle.LLAMA_3):
@@ -122,11 +124,13 @@ class Conversation:
             # adds no separator and the assistant turn ends with `sep`.
             prefix, body = "", ((msg + self.sep) if is_assistant else msg) if msg else ""
         elif style == SeparatorStyle.CHATML:
-            prefix, body = f"<|im_start|>{role}\n", (msg + self.sep if msg else "")
+            end = self.sep2 if is_assistant else self.sep
+            prefix, body = f"<|im_start|>{role}\n", (msg + end if msg else "")
             if msg:
-                return [(prefix, False), (body, is_assistant), (self.sep2 or "", False)]
+                return [(prefix, False), (body, is_assistant), ("\n", False)]
         else:  # LLAMA_3
-            prefix, body = f"<|start_header_id|>{role}<|end_header_id|>\n\n", (msg + self.sep if msg else "")
+            end = self.sep2 if is_assistant else self.sep
+            prefix, body = f"<|start_header_id|>{role}<|end_header_id|>\n\n", (msg + end if msg else "")
         return [(prefix, False), (body, is_assistant and bool(msg))]
 
     def _llama_2_segments(self, messages) -> list[Segment]:
@@ -340,9 +344,9 @@ conv_llava_v1 = _conv(_VICUNA_V0_SYSTEM, ("USER", "ASSISTANT"), _S.TWO, " ", "</
 conv_llava_v1_mmtag = _conv(_MMTAG_SYSTEM, ("USER", "ASSISTANT"), _S.TWO, " ", "</s>", "v1_mmtag")
 # Added here (not in the original): Qwen2 ChatML and LLaMA-3, rendered as their official templates.
 conv_qwen_2 = _conv(
-    "You are a helpful assistant.", ("user", "assistant"), _S.CHATML, "<|im_end|>", "\n", "qwen_2"
+    "You are a helpful assistant.", ("user", "assistant"), _S.CHATML, "<|im_end|>", "<|im_end|>", "qwen_2"
 )
-conv_llama_3 = _conv(_LLAVA_SYSTEM, ("user", "assistant"), _S.LLAMA_3, "<|eot_id|>", version="llama_3")
+conv_llama_3 = _conv(_LLAVA_SYSTEM, ("user", "assistant"), _S.LLAMA_3, "<|eot_id|>", "<|eot_id|>", "llama_3")
 conv_chat_template = _conv("", ("user", "assistant"), _S.CHAT_TEMPLATE, "", version="chat_template")
 
 default_conversation = conv_vicuna_v1

@@ -238,3 +238,15 @@ def test_chat_template_mode_needs_a_tokenizer():
 
 def test_styles_are_the_original_enum_plus_new_ones():
     assert {"SINGLE", "TWO", "MPT", "PLAIN", "LLAMA_2"} <= {s.name for s in SeparatorStyle}
+
+
+@pytest.mark.parametrize("name", ["v1", "llava_v0", "mpt", "chatml_direct", "qwen_2", "llama_3", "llama_2"])
+def test_stop_string_ends_every_reply(name):
+    # Serving stops on `sep` for SINGLE/MPT styles and `sep2` otherwise; the new styles set both.
+    conv = _two_rounds(name)
+    prompt, spans = conv.get_prompt_with_target_spans()
+    single = conv.sep_style in (SeparatorStyle.SINGLE, SeparatorStyle.MPT)
+    stop = conv.sep if single else conv.sep2
+    assert all(prompt[a:b].endswith(stop) for a, b in spans)
+    if conv.sep_style in (SeparatorStyle.CHATML, SeparatorStyle.LLAMA_3):
+        assert conv.sep == conv.sep2 == stop
