@@ -1,0 +1,62 @@
+"""scripts/v1_5/eval/*.sh: one per benchmark, and every Python command they run exists and takes their flags."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts" / "v1_5" / "eval"
+BENCHMARKS = [
+    "vqav2",
+    "gqa",
+    "vizwiz",
+    "sqa",
+    "textvqa",
+    "pope",
+    "mme",
+    "mmbench",
+    "mmbench_cn",
+    "seed",
+    "llavabench",
+    "mmvet",
+]
+ANSWER_RUNNERS = {
+    "llava.eval.model_vqa",
+    "llava.eval.model_vqa_loader",
+    "llava.eval.model_vqa_science",
+    "llava.eval.model_vqa_mmbench",
+}
+# where the argument parser of a thin wrapper lives
+PARSER_HOME = {"llava/eval/eval_gpt_review_bench.py": "llava/eval/gpt_review.py"}
+
+
+def commands(script: Path):
+    """(target file, [flags]) for every `python -m module` / `python file.py` command in a script."""
+    code = "\n".join(line for line in script.read_text().splitlines() if not line.lstrip().startswith("#"))
+    text = re.sub(r"\\\n", " ", code)
+    for m in re.finditer(r"python (-m )?([\w./]+)([^\n]*)", text):
+        module, target, rest = m.group(1), m.group(2), m.group(3)
+        path = target.replace(".", "/") + ".py" if module else target
+        yield (target if module else None), path, re.findall(r"(?<![\w-])(--[\w-]+)", rest)
+
+
+def test_one_script_per_benchmark():
+    assert sorted(p.stem for p in SCRIPTS.glob("*.sh")) == sorted(BENCHMARKS)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_script_syntax_and_commands(name):
+    script = SCRIPTS / f"{name}.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    assert script.read_text().startswith("#!/bin/bash\n#"), "each script documents its data layout at the top"
+    found = list(commands(script))
+    assert found
+    for module, path, flags in found:
+        if module in ANSWER_RUNNERS and not (REPO / path).is_file():
+            continue  # the answer runner is checked once it exists
+        source = (REPO / PARSER_HOME.get(path, path)).read_text()
+        assert (REPO / path).is_file(), f"{name}.sh runs {path}, which does not exist"
+        for flag in flags:
+            assert f'"{flag}"' in source, f"{name}.sh passes {flag} to {path}, which does not define it"
