@@ -193,6 +193,12 @@ class Conversation:
         return out
 
     # ----------------------------------------------------------------------------------- editing
+    def bind_tokenizer(self, tokenizer: Any) -> None:
+        """Use `tokenizer` for CHAT_TEMPLATE rendering; its EOS becomes the stop string (sep/sep2)."""
+        self.tokenizer = tokenizer
+        if self.sep_style == SeparatorStyle.CHAT_TEMPLATE and getattr(tokenizer, "eos_token", None):
+            self.sep = self.sep2 = tokenizer.eos_token
+
     def append_message(self, role: str, message: Any) -> None:
         self.messages.append([role, message])
 
@@ -384,7 +390,7 @@ def get_conv_template(name: str, tokenizer: Any = None) -> Conversation:
         )
     conv = conv_templates[name].copy()
     if tokenizer is not None:
-        conv.tokenizer = tokenizer
+        conv.bind_tokenizer(tokenizer)
     return conv
 
 

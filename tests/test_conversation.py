@@ -227,6 +227,7 @@ def test_chat_template_mode_matches_the_named_template(llama2_tokenizer, jinja, 
     assert conv.get_prompt_with_target_spans() == named.get_prompt_with_target_spans()
     conv.messages[-1][1], named.messages[-1][1] = None, None
     assert conv.get_prompt() == named.get_prompt()
+    assert conv.sep == conv.sep2 == tok.eos_token  # stop string for serving
 
 
 def test_chat_template_mode_needs_a_tokenizer():

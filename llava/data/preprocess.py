@@ -55,7 +55,7 @@ def resolve_conversation(conv: Conversation | str | None, tokenizer=None) -> Con
         conv = conversation_lib.default_conversation
     conv = get_conv_template(conv) if isinstance(conv, str) else conv.copy()
     if conv.sep_style == SeparatorStyle.CHAT_TEMPLATE and conv.tokenizer is None:
-        conv.tokenizer = tokenizer
+        conv.bind_tokenizer(tokenizer)
     return conv
 
 
