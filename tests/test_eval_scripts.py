@@ -28,8 +28,8 @@ ANSWER_RUNNERS = {
     "llava.eval.model_vqa_science",
     "llava.eval.model_vqa_mmbench",
 }
-# where the argument parser of a thin wrapper lives
-PARSER_HOME = {"llava/eval/eval_gpt_review_bench.py": "llava/eval/gpt_review.py"}
+# where the shared argument parsers of the thin wrappers live
+PARSER_HOMES = ("llava/eval/gpt_review.py", "llava/eval/answer_runner.py")
 
 
 def commands(script: Path):
@@ -56,7 +56,9 @@ def test_script_syntax_and_commands(name):
     for module, path, flags in found:
         if module in ANSWER_RUNNERS and not (REPO / path).is_file():
             continue  # the answer runner is checked once it exists
-        source = (REPO / PARSER_HOME.get(path, path)).read_text()
         assert (REPO / path).is_file(), f"{name}.sh runs {path}, which does not exist"
+        source = (REPO / path).read_text()
+        if "import main as _main" in source or "add_runner_args" in source:
+            source += "".join((REPO / home).read_text() for home in PARSER_HOMES)
         for flag in flags:
             assert f'"{flag}"' in source, f"{name}.sh passes {flag} to {path}, which does not define it"

@@ -1,0 +1,292 @@
+"""The one answer-generation runner behind ``model_vqa``, ``model_vqa_loader``, ``model_vqa_science``
+and ``model_vqa_mmbench``: questions in, one JSON line per answer out.
+
+Each answer line is ``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}``
+(plus ``round_id``, ``options``, ``option_char`` for MMBench), in question order.
+
+* Greedy decoding by default (``--temperature 0``); ``--temperature > 0`` samples (``--top_p``,
+  ``--seed``); ``--num_beams`` for beam search.
+* ``--num-chunks N --chunk-idx K`` answers the K-th of N contiguous shards (the original's split),
+  so N processes (one per GPU) can share a benchmark; concatenating the shard files in order gives
+  the full answer file.
+* ``--batch-size B`` generates B questions at once, left-padded; greedy answers are the same as
+  with batch size 1.
+* Resumable: answers already in ``--answers-file`` (same question id, round and prompt) are kept
+  and skipped; new answers are appended and flushed after every batch. A torn last line (an
+  interrupted write) is dropped on resume. ``--overwrite`` starts afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    IMAGE_TOKEN_INDEX,
+)
+from llava.eval.files import atomic_write_text, read_jsonl_tolerant
+
+
+@dataclass
+class EvalItem:
+    """One question to answer. ``text`` is the user message without the image token; ``prompt`` is what
+    the answer file records; ``load_image`` returns the PIL image (None for a text-only question)."""
+
+    question_id: Any
+    text: str
+    prompt: str
+    load_image: Callable[[], Any] | None = None
+    extra: dict = field(default_factory=dict)  # extra top-level fields of the answer line
+
+    @property
+    def key(self) -> tuple:
+        return answer_key({"question_id": self.question_id, "prompt": self.prompt, **self.extra})
+
+
+def answer_key(row: dict) -> tuple:
+    # The question id alone is not unique in every benchmark (MME asks two questions per image id,
+    # MMBench --all-rounds asks each question once per rotation).
+    return str(row["question_id"]), row.get("round_id"), row["prompt"]
+
+
+def split_list(items: Sequence, n: int) -> list[list]:
+    """The original's contiguous split: chunks of ceil(len / n) items (the last ones may be short or absent)."""
+    size = math.ceil(len(items) / n) if items else 1
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def get_chunk(items: Sequence, n: int, k: int) -> list:
+    if n < 1 or not 0 <= k < n:
+        raise ValueError(f"--chunk-idx {k} must be in [0, --num-chunks {n})")
+    chunks = split_list(items, n)
+    return chunks[k] if k < len(chunks) else []
+
+
+class AnswerFile:
+    """The answers file, opened for resuming: ``done`` holds the keys already answered."""
+
+    def __init__(self, path: str | os.PathLike, model_id: str, overwrite: bool = False):
+        self.path = Path(os.path.expanduser(str(path)))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [] if overwrite else read_jsonl_tolerant(self.path)
+        others = sorted({str(r.get("model_id")) for r in rows} - {model_id})
+        if others:
+            raise ValueError(
+                f"{self.path} already holds answers of model {others[0]!r}, not {model_id!r}: "
+                "pass --overwrite to replace them or choose another --answers-file"
+            )
+        if overwrite or not self.path.exists() or self._torn(len(rows)):
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+        self.done = {answer_key(r) for r in rows}
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def _torn(self, n_rows: int) -> bool:
+        text = self.path.read_text(encoding="utf-8")
+        return bool(text) and (
+            not text.endswith("\n") or sum(1 for line in text.splitlines() if line.strip()) != n_rows
+        )
+
+    def write(self, rows: Sequence[dict]) -> None:
+        self._f.write("".join(json.dumps(r) + "\n" for r in rows))
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def user_message(item: EvalItem, has_image: bool, mm_use_im_start_end: bool) -> str:
+    if not has_image:
+        return item.text
+    image = (
+        DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+        if mm_use_im_start_end
+        else DEFAULT_IMAGE_TOKEN
+    )
+    return f"{image}\n{item.text}"
+
+
+class _Prepared:
+    """Turns items into (prompt ids, pixel tensor, image size); usable as a torch Dataset."""
+
+    def __init__(self, items, tokenizer, image_processor, model_config, conv_mode):
+        from llava.conversation import get_conv_template
+
+        self.items, self.tokenizer, self.processor, self.config = (
+            items,
+            tokenizer,
+            image_processor,
+            model_config,
+        )
+        self.conv_mode = conv_mode
+        get_conv_template(conv_mode, tokenizer)  # unknown name: a clear error before any work
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        from llava.conversation import get_conv_template
+        from llava.mm_utils import process_images, tokenizer_image_token
+
+        item = self.items[i]
+        image = item.load_image() if item.load_image is not None else None
+        if image is not None and self.processor is None:
+            raise ValueError(f"question {item.question_id} has an image but the model has no vision tower")
+        conv = get_conv_template(self.conv_mode, self.tokenizer)
+        conv.append_message(
+            conv.roles[0],
+            user_message(item, image is not None, getattr(self.config, "mm_use_im_start_end", False)),
+        )
+        conv.append_message(conv.roles[1], None)
+        ids = tokenizer_image_token(conv.get_prompt(), self.tokenizer, IMAGE_TOKEN_INDEX)
+        if image is None:
+            return i, ids, None, None
+        pixels = process_images([image.convert("RGB")], self.processor, self.config)[0]
+        return i, ids, pixels, image.size
+
+
+def stop_string(conv_mode: str, tokenizer) -> str | None:
+    from llava.conversation import SeparatorStyle, get_conv_template
+
+    conv = get_conv_template(conv_mode, tokenizer)
+    stop = conv.sep2 if conv.sep_style == SeparatorStyle.TWO else conv.sep
+    return stop if isinstance(stop, str) and stop.strip(" ") else None
+
+
+def generation_kwargs(args, tokenizer, stop: str | None) -> dict:
+    from transformers import StoppingCriteriaList
+
+    from llava.mm_utils import KeywordsStoppingCriteria
+
+    kwargs = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "use_cache": True,
+              "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    if args.temperature > 0:
+        kwargs.update(do_sample=True, temperature=args.temperature)
+        if args.top_p is not None:
+            kwargs["top_p"] = args.top_p
+    else:
+        kwargs["do_sample"] = False
+    if stop:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([KeywordsStoppingCriteria([stop], tokenizer)])
+    return kwargs
+
+
+def generate_batch(model, tokenizer, batch, gen_kwargs: dict, stop: str | None) -> list[str]:
+    """Answers for a batch of prepared items ``(index, ids, pixels | None, size | None)``, left-padded."""
+    import torch
+
+    width = max(len(ids) for _, ids, _, _ in batch)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (_, ids, _, _) in enumerate(batch):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[row, width - len(ids) :] = 1
+    pixels = [p for _, _, p, _ in batch if p is not None]
+    sizes = [s for _, _, p, s in batch if p is not None]
+    images = None
+    if pixels:
+        dtype = next(model.parameters()).dtype
+        images = [p.to(device=model.device, dtype=dtype) for p in pixels]
+        if all(p.shape == pixels[0].shape for p in pixels) and pixels[0].ndim == 3:
+            images = torch.stack(images)
+    with torch.inference_mode():
+        out = model.generate(input_ids.to(model.device), attention_mask=mask.to(model.device), images=images,
+                             image_sizes=sizes or None, **gen_kwargs)  # fmt: skip
+    texts = []
+    for text in tokenizer.batch_decode(out, skip_special_tokens=True):
+        text = text.strip()
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+        texts.append(text.strip())
+    return texts
+
+
+def add_runner_args(parser: argparse.ArgumentParser, *, question_file: str, conv_mode: str, max_new_tokens: int,
+                    temperature: float = 0.0, num_workers: int = 0) -> None:  # fmt: skip
+    """The original runners' flags (with their defaults, except greedy decoding) plus this runner's."""
+    parser.add_argument("--model-path", type=str, default="facebook/opt-350m")
+    parser.add_argument("--model-base", type=str, default=None)
+    parser.add_argument("--image-folder", type=str, default="")
+    parser.add_argument("--question-file", type=str, default=question_file)
+    parser.add_argument("--answers-file", type=str, default="answer.jsonl")
+    parser.add_argument("--conv-mode", type=str, default=conv_mode)
+    parser.add_argument("--num-chunks", type=int, default=1)
+    parser.add_argument("--chunk-idx", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="questions generated together (left-padded)"
+    )
+    parser.add_argument("--num-workers", type=int, default=num_workers, help="image loading processes")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    parser.add_argument("--device", type=str, default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--load-8bit", action="store_true")
+    parser.add_argument("--load-4bit", action="store_true")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the answers file instead of resuming"
+    )
+
+
+def run(args, items: Sequence[EvalItem], loaded=None) -> Path:
+    """Answer ``items`` (this process's chunk is taken here) into ``args.answers_file``.
+
+    ``loaded`` is an already loaded ``(tokenizer, model, image_processor, context_len)``; by default
+    the model is loaded from ``args.model_path`` / ``args.model_base``.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from llava.mm_utils import get_model_name_from_path
+
+    model_path = os.path.expanduser(args.model_path)
+    model_name = get_model_name_from_path(model_path)
+    chunk = get_chunk(items, args.num_chunks, args.chunk_idx)
+    answers = AnswerFile(args.answers_file, model_name, overwrite=args.overwrite)
+    todo = [it for it in chunk if it.key not in answers.done]
+    if not todo:
+        answers.close()
+        print(f"{args.answers_file}: all {len(chunk)} questions of this chunk are answered")
+        return answers.path
+    if loaded is None:
+        from llava.model.builder import load_pretrained_model
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        loaded = load_pretrained_model(model_path, args.model_base, model_name, load_8bit=args.load_8bit,
+                                       load_4bit=args.load_4bit, device=device)  # fmt: skip
+    tokenizer, model, image_processor, _ = loaded
+    model.eval()
+    torch.manual_seed(args.seed)
+    stop = stop_string(args.conv_mode, tokenizer)
+    gen_kwargs = generation_kwargs(args, tokenizer, stop)
+    data = _Prepared(todo, tokenizer, image_processor, model.config, args.conv_mode)
+    loader = DataLoader(
+        data, batch_size=max(1, args.batch_size), num_workers=args.num_workers, collate_fn=list
+    )
+    try:
+        with tqdm(total=len(chunk), initial=len(chunk) - len(todo), desc="answers") as bar:
+            for batch in loader:
+                texts = generate_batch(model, tokenizer, batch, gen_kwargs, stop)
+                rows = []
+                for (i, _, _, _), text in zip(batch, texts):
+                    item = todo[i]
+                    rows.append({"question_id": item.question_id, **item.extra, "prompt": item.prompt, "text": text,
+                                 "answer_id": uuid.uuid4().hex, "model_id": model_name, "metadata": {}})  # fmt: skip
+                answers.write(rows)
+                bar.update(len(rows))
+    finally:
+        answers.close()
+    return answers.path
