@@ -132,17 +132,17 @@ def _check_images(texts: list[str], num_images: int, sample_id: Any) -> None:
         )
 
 
-def tokenize_sample(
+def render_sample(
     source: Sequence[dict],
-    tokenizer,
+    tokenizer=None,
     conv: Conversation | str | None = None,
     num_images: int = 0,
     sample_id: Any = None,
-) -> tuple[list[int], list[int]]:
-    """input_ids and labels (lists of equal length) for one conversation `source`.
+) -> tuple[str, list[tuple[int, int]]]:
+    """The prompt text `tokenize_sample` tokenises for `source`, and its assistant character spans.
 
-    `source` is a list of {"from": "human"|"gpt", "value": str} (a leading "system" turn replaces
-    the template's system prompt). Raises SampleError when labels cannot be built.
+    Validates the turns and the `<image>` count first; raises SampleError naming the sample.
+    (`tokenizer` is needed only by the "chat_template" template.)
     """
     conv = resolve_conversation(conv, tokenizer)
     system, texts = _turns(source, sample_id)
@@ -159,10 +159,24 @@ def tokenize_sample(
     for j, text in enumerate(texts):
         conv.append_message(conv.roles[j % 2], text)
     try:
-        prompt, spans = conv.get_prompt_with_target_spans()
+        return conv.get_prompt_with_target_spans()
     except ValueError as err:
         raise SampleError(sample_id, f"cannot render with template {conv.version!r}: {err}") from err
 
+
+def tokenize_sample(
+    source: Sequence[dict],
+    tokenizer,
+    conv: Conversation | str | None = None,
+    num_images: int = 0,
+    sample_id: Any = None,
+) -> tuple[list[int], list[int]]:
+    """input_ids and labels (lists of equal length) for one conversation `source`.
+
+    `source` is a list of {"from": "human"|"gpt", "value": str} (a leading "system" turn replaces
+    the template's system prompt). Raises SampleError when labels cannot be built.
+    """
+    prompt, spans = render_sample(source, tokenizer, conv, num_images, sample_id)
     enc = tokenizer_image_token_with_offsets(prompt, tokenizer)
     labels = _labels_from_spans(enc, spans, sample_id)
     return _truncate(enc.ids, labels, tokenizer.model_max_length, sample_id)
