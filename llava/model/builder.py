@@ -24,7 +24,9 @@ from .checkpoint import load_mm_projector_state, load_tensor_file
 from .language_model.llava_llm import llava_class_for_config
 
 logger = logging.getLogger(__name__)
-_NOT_QUANTIZED = ["mm_projector", "vision_tower", "lm_head"]
+# Kept in full precision under 4/8-bit: plain names (matched as substrings by older transformers)
+# and regexes (transformers 5 matches from the start of the module name).
+_NOT_QUANTIZED = ["lm_head", "mm_projector", "vision_tower", r".*\.mm_projector", r".*\.vision_tower"]
 
 
 def _read_json(folder: str, name: str) -> dict | None:
@@ -53,16 +55,16 @@ def detect_checkpoint_layout(model_path: str, model_base: str | None = None) -> 
         return "lora"
     if model_base is not None and _has_file(model_path, "mm_projector.bin"):
         return "projector"
-    cfg = _read_json(model_path, "config.json") or {}
-    if cfg.get("model_type") == "llava" and "text_config" in cfg:
-        return "llava_hf"
-    if cfg.get("mm_vision_tower"):
-        return "llava"
     if model_base is not None:
         raise ValueError(
             f"model_base {model_base!r} was given but {model_path!r} holds neither adapter_config.json (LoRA) "
             "nor mm_projector.bin (projector-only); drop --model-base for a merged checkpoint"
         )
+    cfg = _read_json(model_path, "config.json") or {}
+    if cfg.get("model_type") == "llava" and "text_config" in cfg:
+        return "llava_hf"
+    if cfg.get("mm_vision_tower"):
+        return "llava"
     return "lm"
 
 
