@@ -115,12 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    image = load_image(args.image_file)  # fail fast, before the heavy imports
+
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
     from llava.serve.conv_mode import get_template, infer_conv_mode
     from llava.serve.inference import ModelRunner
 
-    image = load_image(args.image_file)
     device = args.device or default_device()
     model_name = get_model_name_from_path(args.model_path)
     tokenizer, model, image_processor, context_len = load_pretrained_model(

@@ -300,13 +300,19 @@ def build_demo(settings: WebSettings, logger=None):
                     ],
                     inputs=[imagebox, textbox],
                 )
-                with gr.Accordion("Parameters", open=False):
+                with gr.Accordion("Parameters", open=False, elem_id="parameters"):
                     temperature = gr.Slider(
                         0.0, 1.0, value=0.2, step=0.1, interactive=True, label="Temperature"
                     )
                     top_p = gr.Slider(0.0, 1.0, value=0.7, step=0.1, interactive=True, label="Top P")
                     max_output_tokens = gr.Slider(
-                        0, 1024, value=512, step=64, interactive=True, label="Max output tokens"
+                        0,
+                        1024,
+                        value=512,
+                        step=64,
+                        interactive=True,
+                        label="Max output tokens",
+                        elem_id="max_tokens",
                     )
             with gr.Column(scale=8):
                 chatbot = gr.Chatbot(elem_id="chatbot", label="LLaVA Chatbot", height=550)
