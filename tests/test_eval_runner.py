@@ -71,7 +71,9 @@ def test_split_as_the_original():
 def test_answers_well_formed_and_batch_4_equals_batch_1(tiny_llava, vqa_set, tmp_path):
     from llava.eval import model_vqa, model_vqa_loader
 
-    one = read_jsonl(model_vqa.main(vqa_args(tiny_llava, vqa_set, tmp_path / "b1.jsonl")))  # loads from disk
+    one = read_jsonl(
+        model_vqa.main(vqa_args(tiny_llava, vqa_set, tmp_path / "b1.jsonl", "--dtype", "float32"))
+    )  # loads from disk
     four = read_jsonl(model_vqa_loader.main(vqa_args(tiny_llava, vqa_set, tmp_path / "b4.jsonl", "--batch-size", "4", "--num-workers", "1"),
                                             loaded=tiny_llava[1]))  # fmt: skip
     questions = vqa_set[1]

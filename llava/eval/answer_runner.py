@@ -10,7 +10,9 @@ Each answer line is ``{"question_id", "prompt", "text", "answer_id", "model_id",
   so N processes (one per GPU) can share a benchmark; concatenating the shard files in order gives
   the full answer file.
 * ``--batch-size B`` generates B questions at once, left-padded; greedy answers are the same as
-  with batch size 1.
+  with batch size 1 in float32 (checked on CPU and on an H200). In float16 (the default on CUDA)
+  kernels differ with the batch shape, so a near-tie can rarely flip a token (1 answer in 33 on a
+  tiny random model); use ``--dtype float32`` where exact batch invariance matters.
 * Resumable: answers already in ``--answers-file`` (same question id, round and prompt) are kept
   and skipped; new answers are appended and flushed after every batch. A torn last line (an
   interrupted write) is dropped on resume. ``--overwrite`` starts afresh.
@@ -234,6 +236,8 @@ def add_runner_args(parser: argparse.ArgumentParser, *, question_file: str, conv
     parser.add_argument("--num-workers", type=int, default=num_workers, help="image loading processes")
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     parser.add_argument("--device", type=str, default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto",
+                        help="weights' dtype (auto: float16 on CUDA, float32 on CPU)")  # fmt: skip
     parser.add_argument("--load-8bit", action="store_true")
     parser.add_argument("--load-4bit", action="store_true")
     parser.add_argument(
@@ -265,8 +269,9 @@ def run(args, items: Sequence[EvalItem], loaded=None) -> Path:
         from llava.model.builder import load_pretrained_model
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = {} if args.dtype == "auto" else {"dtype": getattr(torch, args.dtype)}
         loaded = load_pretrained_model(model_path, args.model_base, model_name, load_8bit=args.load_8bit,
-                                       load_4bit=args.load_4bit, device=device)  # fmt: skip
+                                       load_4bit=args.load_4bit, device=device, **dtype)  # fmt: skip
     tokenizer, model, image_processor, _ = loaded
     model.eval()
     torch.manual_seed(args.seed)
