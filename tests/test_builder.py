@@ -116,11 +116,12 @@ def test_model_base_without_adapter_or_projector_is_an_error(merged, tiny_kit):
 
 
 @pytest.mark.slow
-def test_4bit_on_cpu(model, merged):
+@pytest.mark.parametrize(("flag", "layer"), [("load_4bit", "Linear4bit"), ("load_8bit", "Linear8bitLt")])
+def test_quantized_on_cpu(model, merged, flag, layer):
     pytest.importorskip("bitsandbytes")
-    _, loaded, _, _ = load_pretrained_model(merged, None, "x", load_4bit=True, device="cpu")
+    _, loaded, _, _ = load_pretrained_model(merged, None, "x", device="cpu", **{flag: True})
     q_proj = loaded.get_model().layers[0].self_attn.q_proj
-    assert type(q_proj).__name__ == "Linear4bit"
+    assert type(q_proj).__name__ == layer
     assert type(loaded.get_model().mm_projector[0]).__name__ == "Linear"
     img = images(1)
     got, ref = _logits(loaded, img), _logits(model, img)

@@ -147,3 +147,17 @@ def test_projector_shape_mismatch_names_parameter_and_flag(tiny_kit):
     linear = {"weight": torch.zeros(64, 32), "bias": torch.zeros(64)}
     with pytest.raises(ValueError, match=r"--mm_projector_type"):
         load_mm_projector_state(fresh, linear)
+
+
+def test_unreadable_tower_error_and_override(saved, tiny_kit, tmp_path):
+    import shutil
+
+    folder = tmp_path / "moved"
+    shutil.copytree(saved, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["mm_vision_tower"] = str(tmp_path / "gone" / "clip")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"could not be read.*mm_vision_tower='/local/tower'"):
+        LlavaLlamaForCausalLM.from_pretrained(folder)
+    model = LlavaLlamaForCausalLM.from_pretrained(folder, mm_vision_tower=str(tiny_kit.vision))
+    assert model.get_vision_tower().is_loaded

@@ -20,7 +20,7 @@ import torch
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 
-from .checkpoint import load_mm_projector_state, load_tensor_file
+from .checkpoint import load_mm_projector_state, load_tensor_file, resolve_file
 from .language_model.llava_llm import llava_class_for_config
 
 logger = logging.getLogger(__name__)
@@ -30,23 +30,12 @@ _NOT_QUANTIZED = ["lm_head", "mm_projector", "vision_tower", r".*\.mm_projector"
 
 
 def _read_json(folder: str, name: str) -> dict | None:
-    path = Path(folder) / name
-    if path.is_file():
-        return json.loads(path.read_text())
-    if Path(folder).is_dir():
-        return None
-    try:  # a hub name
-        from huggingface_hub import hf_hub_download
-
-        return json.loads(Path(hf_hub_download(folder, name)).read_text())
-    except Exception:
-        return None
+    path = resolve_file(folder, name)
+    return json.loads(Path(path).read_text()) if path else None
 
 
 def _has_file(folder: str, name: str) -> bool:
-    if Path(folder).is_dir():
-        return (Path(folder) / name).is_file()
-    return _read_json(folder, name) is not None if name.endswith(".json") else False
+    return resolve_file(folder, name) is not None
 
 
 def detect_checkpoint_layout(model_path: str, model_base: str | None = None) -> str:
@@ -128,8 +117,8 @@ def _load_lora(model_path, model_base, kwargs):
     model = cls.from_pretrained(base, config=cfg, **kwargs)
     if target_vocab != base_vocab:
         model.resize_token_embeddings(target_vocab)
-    extra = Path(model_path) / "non_lora_trainables.bin"
-    if extra.is_file():
+    extra = resolve_file(model_path, "non_lora_trainables.bin")
+    if extra is not None:
         state = {k.removeprefix("base_model."): v for k, v in load_tensor_file(extra).items()}
         if any(k.startswith("model.model.") for k in state):
             state = {k.removeprefix("model."): v for k, v in state.items()}
@@ -177,6 +166,9 @@ def load_pretrained_model(
     """
     model_path = os.fspath(model_path)
     model_base = os.fspath(model_base) if model_base is not None else None
+    for path in (model_path, model_base):
+        if path is not None and path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"model folder {path} does not exist")
     layout = detect_checkpoint_layout(model_path, model_base)
     load_kwargs = _load_kwargs(load_8bit, load_4bit, device_map, device, use_flash_attn, kwargs)
     logger.info("Loading %s as %s", model_path, layout)
@@ -187,7 +179,7 @@ def load_pretrained_model(
         cfg_dict = _read_json(model_path, "config.json") or {}
         cls = _model_class(cfg_dict)
         model = cls.from_pretrained(model_base, config=_config_object(model_path, cls), **load_kwargs)
-        load_mm_projector_state(model, load_tensor_file(Path(model_path) / "mm_projector.bin"))
+        load_mm_projector_state(model, load_tensor_file(resolve_file(model_path, "mm_projector.bin")))
         tokenizer = _load_tokenizer(model_path, model_base)
     elif layout == "llava_hf":
         from .hf_format import llava_from_hf

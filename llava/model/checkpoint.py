@@ -12,7 +12,7 @@ _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLE = ("model.safetensors", "pytorch_model.bin")
 
 
-def _resolve(path: str | os.PathLike, filename: str, **hub_kwargs) -> str | None:
+def resolve_file(path: str | os.PathLike, filename: str, **hub_kwargs) -> str | None:
     """Local path of ``filename`` in the folder or hub repo ``path``; None if it is not there."""
     local = Path(path) / filename
     if Path(path).is_dir():
@@ -43,14 +43,14 @@ def read_checkpoint_tensors(path: str | os.PathLike, prefix: str, **hub_kwargs) 
     Reads only the shards that hold such keys. Returns {} when the checkpoint has none.
     """
     for index_name in _INDEXES:
-        index_file = _resolve(path, index_name, **hub_kwargs)
+        index_file = resolve_file(path, index_name, **hub_kwargs)
         if index_file is None:
             continue
         weight_map = json.loads(Path(index_file).read_text())["weight_map"]
         shards = sorted({f for k, f in weight_map.items() if k.startswith(prefix)})
         out: dict[str, torch.Tensor] = {}
         for shard in shards:
-            shard_file = _resolve(path, shard, **hub_kwargs)
+            shard_file = resolve_file(path, shard, **hub_kwargs)
             if shard_file is None:
                 raise FileNotFoundError(f"checkpoint {path}: shard {shard} listed in {index_name} is missing")
             out.update(
@@ -58,7 +58,7 @@ def read_checkpoint_tensors(path: str | os.PathLike, prefix: str, **hub_kwargs) 
             )
         return out
     for name in _SINGLE:
-        file = _resolve(path, name, **hub_kwargs)
+        file = resolve_file(path, name, **hub_kwargs)
         if file is not None:
             return {k[len(prefix) :]: v for k, v in load_tensor_file(file).items() if k.startswith(prefix)}
     return {}

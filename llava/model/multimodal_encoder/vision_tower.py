@@ -39,7 +39,8 @@ def _read_tower_config(name: str) -> dict:
         raise ValueError(
             f"vision tower {str(name)!r} (mm_vision_tower / --vision_tower) could not be read: {err}. "
             "Give a local folder holding a CLIP or SigLIP vision model (config.json + weights + "
-            "preprocessor_config.json) or a hub name present in the local cache."
+            "preprocessor_config.json) or a hub name present in the local cache; for a saved LLaVA "
+            "checkpoint, override it with from_pretrained(path, mm_vision_tower='/local/tower')."
         ) from err
     return cfg
 
