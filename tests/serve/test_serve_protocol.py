@@ -152,3 +152,28 @@ def test_stop_strings_of_templates():
     assert stop_string(get_template("mpt")) == "<|im_end|>"
     with pytest.raises(ValueError, match="valid names"):
         get_template("no_such_template")
+
+
+def test_netguard_refuses_and_records_outbound_connections(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    log = tmp_path / "net.log"
+    script = tmp_path / "reach_out.py"
+    script.write_text(
+        "import socket, sys\n"
+        "import tests.serve.netguard as guard\n"
+        "guard.install(sys.argv[1])\n"
+        "try:\n"
+        "    socket.create_connection(('203.0.113.7', 80), timeout=0.5)\n"
+        "except OSError as e:\n"
+        "    print(e)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, str(script), str(log)], capture_output=True, text=True, cwd=repo, env=env, timeout=60
+    )
+    assert "netguard: outbound network to '203.0.113.7'" in out.stdout, out.stderr
+    assert log.read_text() == "socket.getaddrinfo '203.0.113.7'\n"  # refused before any packet leaves

@@ -167,6 +167,23 @@ def test_32_concurrent_requests_with_concurrency_limit_2(stack):
     assert requests.post(worker.url + "/worker_get_status", timeout=10).json()["queue_length"] == 0
 
 
+def test_client_that_goes_away_frees_its_slot(stack):
+    worker = stack.workers["worker-a"]
+    body = payload(max_new_tokens=1000, temperature=0.7)
+    with requests.post(worker.url + "/worker_generate_stream", json=body, stream=True, timeout=30) as r:
+        first = next(protocol.iter_chunks(r.iter_content(chunk_size=None)))
+        assert first["error_code"] == 0
+        assert requests.post(worker.url + "/worker_get_status", timeout=10).json()["queue_length"] == 1
+    # Closing the connection cancels generation and gives the slot back long before 1000 tokens.
+    wait_until(
+        lambda: requests.post(worker.url + "/worker_get_status", timeout=10).json()["queue_length"] == 0,
+        timeout=10,
+        what="the slot to be released",
+    )
+    status, chunks = stream(worker.url, payload(max_new_tokens=2))
+    assert status == 200 and chunks[-1]["error_code"] == 0
+
+
 def test_zz_killed_workers_are_dropped_after_expiry(stack):
     """Runs last in this module: kills worker-b (same model as worker-a) and worker-c (only MODEL_B)."""
     ctl = stack.controller.url

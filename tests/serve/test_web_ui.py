@@ -137,3 +137,13 @@ def test_chat_in_headless_chromium(stack, browser, tmp_path):
             ):
                 outside.add(msg["params"]["request"]["url"])
     assert not outside, f"the page reached outside: {sorted(outside)}"
+
+    # Regenerate answers the same question again; Clear empties the chat.
+    enabled = "return !document.querySelector('#regenerate').disabled"
+    d.find_element(By.CSS_SELECTOR, "#regenerate").click()
+    _wait(lambda: not d.execute_script(enabled), 10, "regeneration to start")
+    _wait(lambda: d.execute_script(enabled), 60, "regeneration to finish")
+    texts = d.execute_script(BOT_TEXTS)
+    assert len(texts) == 1 and texts[0], texts
+    d.find_element(By.CSS_SELECTOR, "#clear").click()
+    _wait(lambda: not d.find_elements(By.CSS_SELECTOR, "#chatbot .message"), 10, "the chat to be cleared")
