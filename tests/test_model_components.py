@@ -165,6 +165,14 @@ def test_llava_class_for_config_dispatch():
         is LlavaMistralForCausalLM
     )
     assert llava_class_for_config({"model_type": "llava_qwen"}) is LlavaQwen2ForCausalLM
+    # AutoConfig reads an original "llava" config.json as transformers' LlavaConfig; architectures decide.
+    from transformers import LlavaConfig
+
+    assert (
+        llava_class_for_config(LlavaConfig(architectures=["LlavaLlamaForCausalLM"])) is LlavaLlamaForCausalLM
+    )
+    with pytest.raises(ValueError, match="llava-hf"):
+        llava_class_for_config(LlavaConfig(architectures=["LlavaForConditionalGeneration"]))
     with pytest.raises(ValueError, match="no causal LM class for model_type 'clip'"):
         llava_class_for_config({"model_type": "clip"})
 

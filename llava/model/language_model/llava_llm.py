@@ -80,16 +80,26 @@ def _generic_llava_class(llm_class_name: str) -> type:
 
 
 def llava_model_type(config) -> str | None:
-    """The ``llava_*`` type of a config (object or dict), or None for a model without a known mapping."""
+    """The ``llava_*`` type of a config (object or dict), or None for a model without a known mapping.
+
+    Original checkpoints of LLaVA <= 1.5 say ``model_type: llava`` (which ``AutoConfig`` reads as
+    transformers' llava-hf ``LlavaConfig``); their ``architectures`` name the class.
+    """
     get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
     model_type = get("model_type")
     if model_type in LLAVA_MODEL_TYPES:
         return model_type
-    if model_type == "llava" and get("text_config") is None:
+    if model_type == "llava":
         for arch in get("architectures") or []:
             if arch in _BY_ARCHITECTURE:
                 return _BY_ARCHITECTURE[arch]
-        return "llava_llama"
+        if get("mm_vision_tower") is not None:
+            return "llava_llama"
+        raise ValueError(
+            "this is a llava-hf (LlavaForConditionalGeneration) checkpoint; convert it to the original format "
+            "with `python -m llava.model.hf_format import --hf-path ... --out ...` or load it with "
+            "llava.model.builder.load_pretrained_model"
+        )
     return _ALIASES.get(model_type)
 
 
