@@ -151,3 +151,6 @@ def stack(tmp_path_factory, tiny_llava, tiny_llava_b):
     finally:
         for p in reversed(procs):
             p.stop()
+    guard_log = tmp / "netguard.log"
+    if guard_log.exists() and guard_log.read_text():
+        pytest.fail(f"a serving process tried to reach outside the machine:\n{guard_log.read_text()}")
