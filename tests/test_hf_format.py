@@ -102,26 +102,3 @@ def test_export_refuses_projector_without_hf_equivalent(tiny_kit, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_kit.tokenizer)
     with pytest.raises(ValueError, match="mlp2x_gelu"):
         export_to_hf(linear, tok, tmp_path)
-
-
-def test_command_line_round_trip(model, tiny_kit, tmp_path):
-    from llava.model.hf_format import main
-
-    model.save_pretrained(tmp_path / "orig")
-    AutoTokenizer.from_pretrained(tiny_kit.tokenizer).save_pretrained(tmp_path / "orig")
-    main(
-        [
-            "export",
-            "--model-path",
-            str(tmp_path / "orig"),
-            "--out",
-            str(tmp_path / "hf"),
-            "--dtype",
-            "float32",
-        ]
-    )
-    main(["import", "--hf-path", str(tmp_path / "hf"), "--out", str(tmp_path / "back"), "--dtype", "float32"])
-    img = images(1, seed=14)
-    ref = _our_logits(model, img)
-    back = LlavaLlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
-    assert (_our_logits(back, img)[..., : ref.shape[-1]] - ref).abs().max() < 1e-5

@@ -5,6 +5,8 @@
     model, tok = llava_from_hf(hf_dir)                # llava-hf folder -> our model, in memory
     import_from_hf(hf_dir, out_dir)                   # llava-hf folder -> original-format folder
 
+Command line (atomic writes): ``python -m llava.model.convert_hf --to-hf|--from-hf ...``.
+
 The llava-hf prompt holds one ``<image>`` token per image feature (the processor expands it);
 ``export_to_hf`` adds that token to the tokenizer and the embeddings.
 Weights move module by module through transformers' own classes, so key layouts stay theirs.
@@ -215,37 +217,3 @@ def import_from_hf(hf_path, out_dir, vision_tower_name: str | None = None, **loa
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return model
-
-
-def main(argv=None) -> None:
-    """``python -m llava.model.hf_format export|import ...``"""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    exp = sub.add_parser("export", help="original LLaVA folder (merged, LoRA + base, ...) -> llava-hf folder")
-    exp.add_argument("--model-path", required=True)
-    exp.add_argument("--model-base", default=None)
-    exp.add_argument("--out", required=True)
-    imp = sub.add_parser("import", help="llava-hf folder -> original LLaVA folder")
-    imp.add_argument("--hf-path", required=True)
-    imp.add_argument("--out", required=True)
-    imp.add_argument("--vision-tower", default=None, help="mm_vision_tower to write (default: a copy in OUT)")
-    for p in (exp, imp):
-        p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
-    args = parser.parse_args(argv)
-    dtype = getattr(torch, args.dtype)
-    if args.command == "export":
-        from .builder import load_pretrained_model
-
-        tokenizer, model, _, _ = load_pretrained_model(
-            args.model_path, args.model_base, None, device="cpu", dtype=dtype
-        )
-        print(f"wrote {export_to_hf(model, tokenizer, args.out)}")
-    else:
-        import_from_hf(args.hf_path, args.out, args.vision_tower, dtype=dtype)
-        print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
