@@ -3,7 +3,8 @@
 Every flag of haotian-liu/LLaVA's v1.5 launch scripts parses here with the same name and default,
 including the ones the original read but never declared (`unfreeze_mm_vision_tower`,
 `image_grid_pinpoints`, `mm_patch_merge_type`, `mm_vision_tower_lr`). A few flags that
-transformers 5 renamed (`--evaluation_strategy`, `--group_by_length`) are accepted and mapped.
+transformers 5 removed or renamed (`--evaluation_strategy`, `--warmup_ratio`, `--group_by_length`)
+are accepted and mapped.
 """
 
 from __future__ import annotations
@@ -113,10 +114,17 @@ class TrainingArguments(transformers.TrainingArguments):
     evaluation_strategy: Optional[str] = field(
         default=None, metadata={"help": "Old name of --eval_strategy (still accepted)."}
     )
+    warmup_ratio: Optional[float] = field(
+        default=None, metadata={"help": "Old form of a fractional --warmup_steps (still accepted)."}
+    )
     group_by_length: bool = field(
         default=False,
         metadata={"help": "Group samples of similar token length (plain length-grouped sampler)."},
     )
+
+    # Filled in by train() from ModelArguments (the trainer reads them), not command-line flags.
+    tune_mm_mlp_adapter: bool = field(default=False, init=False)
+    use_im_start_end: bool = field(default=False, init=False)
 
     def __post_init__(self):
         for name, allowed in _ALLOWED.items():
@@ -124,6 +132,12 @@ class TrainingArguments(transformers.TrainingArguments):
                 raise ValueError(f"--{name} {getattr(self, name)!r} is not supported; use one of {allowed}")
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio {self.warmup_ratio} must be in [0, 1)")
+            if self.warmup_steps:
+                raise ValueError("give --warmup_ratio or --warmup_steps, not both")
+            self.warmup_steps = self.warmup_ratio
         if self.group_by_length and self.group_by_modality_length:
             raise ValueError("choose one of --group_by_length and --group_by_modality_length, not both")
         configure_cpu_distributed(self)

@@ -1,0 +1,159 @@
+"""LLaVATrainer: the HF Trainer plus LLaVA's sampler, optimizer groups and checkpoint contents.
+
+- Sampler: `--group_by_modality_length` (image and text-only batches apart) or `--group_by_length`,
+  both seeded and resumable (see llava.train.sampler).
+- Optimizer: `--mm_projector_lr` / `--mm_vision_tower_lr` give the projector / vision tower their
+  own learning rates (weight decay split as usual).
+- Checkpoints: stage 1 (`tune_mm_mlp_adapter`) writes `mm_projector.bin` (keys
+  `model.mm_projector.*`) instead of the whole model, plus the optimizer, scheduler, RNG and
+  trainer state, so it resumes like any other run; LoRA runs add `non_lora_trainables.bin` (the
+  projector and any other trained non-LoRA weights) to every checkpoint and restore it on resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from transformers import Trainer
+
+from llava.train import zero
+from llava.train.sampler import LengthGroupedSampler
+
+logger = logging.getLogger(__name__)
+
+MM_PROJECTOR_FILE = "mm_projector.bin"
+NON_LORA_FILE = "non_lora_trainables.bin"
+
+__all__ = ["LLaVATrainer", "LengthGroupedSampler", "MM_PROJECTOR_FILE", "NON_LORA_FILE", "save_torch_atomic"]
+
+
+def save_torch_atomic(obj, path: str) -> None:
+    """torch.save to a temporary name, then rename: no half-written file under `path`."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+class LLaVATrainer(Trainer):
+    # ------------------------------------------------------------------ sampler
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        by_modality = getattr(self.args, "group_by_modality_length", False)
+        by_length = getattr(self.args, "group_by_length", False)
+        if dataset is None or not (by_modality or by_length) or not hasattr(dataset, "__len__"):
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthGroupedSampler(
+            self.args.train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            lengths=dataset.modality_lengths if by_modality else dataset.lengths,
+            group_by_modality=by_modality,
+            seed=seed,
+        )
+
+    # ------------------------------------------------------------------ optimizer
+    def _lr_of(self, name: str) -> float | None:
+        if self.args.mm_projector_lr is not None and "mm_projector" in name:
+            return self.args.mm_projector_lr
+        if getattr(self.args, "mm_vision_tower_lr", None) is not None and "vision_tower" in name:
+            return self.args.mm_vision_tower_lr
+        return None
+
+    def create_optimizer(self, model=None):
+        special = (
+            self.args.mm_projector_lr is not None
+            or getattr(self.args, "mm_vision_tower_lr", None) is not None
+        )
+        if self.optimizer is not None or not special:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple, dict] = {}
+        for name, p in opt_model.named_parameters():
+            if not p.requires_grad:
+                continue
+            lr = self._lr_of(name)
+            wd = self.args.weight_decay if name in decay else 0.0
+            if (lr, wd) not in groups:
+                groups[(lr, wd)] = {"params": [], "weight_decay": wd} | ({} if lr is None else {"lr": lr})
+            groups[(lr, wd)]["params"].append(p)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
+        for (lr, wd), g in groups.items():
+            logger.info(
+                "optimizer group: %d tensors, lr=%s, weight_decay=%s",
+                len(g["params"]),
+                self.args.learning_rate if lr is None else lr,
+                wd,
+            )
+        return self.optimizer
+
+    # ------------------------------------------------------------------ saving
+    @property
+    def projector_only(self) -> bool:
+        return bool(getattr(self.args, "tune_mm_mlp_adapter", False))
+
+    def _unwrapped(self):
+        return self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+
+    def save_mm_adapter(self, output_dir: str) -> None:
+        """mm_projector.bin (keys `model.mm_projector.*`) and config.json into `output_dir`. All ranks call."""
+        model = self._unwrapped()
+        state = zero.mm_adapter_state(model, use_im_start_end=getattr(self.args, "use_im_start_end", False))
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            model.config.save_pretrained(output_dir)
+            save_torch_atomic(state, os.path.join(output_dir, MM_PROJECTOR_FILE))
+
+    def save_non_lora_trainables(self, output_dir: str) -> None:
+        model = self._unwrapped()
+        state = zero.non_lora_trainable_state(model.named_parameters())
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            model.config.save_pretrained(output_dir)
+            save_torch_atomic(state, os.path.join(output_dir, NON_LORA_FILE))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.projector_only:
+            self.save_mm_adapter(output_dir)
+            return
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if _is_peft(self._unwrapped()):
+            self.save_non_lora_trainables(output_dir)
+
+    # ------------------------------------------------------------------ resuming (without DeepSpeed)
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # DeepSpeed restores its own checkpoints (module, optimizer, scheduler) and never comes here.
+        model = self.model if model is None else model
+        if self.projector_only:
+            from llava.model import load_mm_projector_state
+
+            path = os.path.join(resume_from_checkpoint, MM_PROJECTOR_FILE)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"{path} missing: cannot resume the projector stage from this checkpoint"
+                )
+            logger.info("resuming the projector from %s", path)
+            load_mm_projector_state(model, torch.load(path, map_location="cpu", weights_only=True))
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, NON_LORA_FILE)
+        if _is_peft(model) and os.path.isfile(path):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            result = model.load_state_dict(state, strict=False)
+            if result.unexpected_keys:
+                raise ValueError(
+                    f"{path} holds weights the model does not have: {result.unexpected_keys[:5]}"
+                )
+            logger.info("restored %d non-LoRA trainable tensors from %s", len(state), path)

@@ -1,0 +1,120 @@
+"""Train LLaVA: one entry for both stages (projector pre-training, instruction tuning), LoRA and QLoRA.
+
+    deepspeed llava/train/train_mem.py --deepspeed ./scripts/zero2.json --version plain \\
+        --tune_mm_mlp_adapter True ...                                   # stage 1
+    deepspeed llava/train/train_mem.py --deepspeed ./scripts/zero3.json --version v1 \\
+        --pretrain_mm_mlp_adapter ./checkpoints/.../mm_projector.bin ...  # stage 2
+
+See scripts/v1_5/*.sh for the published settings. A run resumes by itself from the newest complete
+`checkpoint-*` in --output_dir (or from --resume_from_checkpoint PATH).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+import transformers
+
+from llava.data.collator import DataCollatorForSupervisedDataset
+from llava.data.dataset import LazySupervisedDataset, make_supervised_data_module
+from llava.data.preprocess import preprocess, preprocess_multimodal
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from llava.train.llava_trainer import LLaVATrainer
+from llava.train.model_setup import build_model_and_tokenizer, find_all_linear_names
+from llava.train.param_table import format_parameter_table
+
+logger = logging.getLogger("llava.train")
+
+__all__ = [
+    "DataArguments",
+    "DataCollatorForSupervisedDataset",
+    "LazySupervisedDataset",
+    "ModelArguments",
+    "TrainingArguments",
+    "find_all_linear_names",
+    "latest_complete_checkpoint",
+    "make_supervised_data_module",
+    "preprocess",
+    "preprocess_multimodal",
+    "train",
+]
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` in `output_dir` that finished saving (its trainer_state.json is
+    written last, after every rank's files), or None. A newer half-written one is skipped."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = sorted(
+        (int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _CHECKPOINT.match(name))
+    )
+    for _, name in reversed(found):
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+            return path
+        logger.warning("skipping %s: it was not completely written (no trainer_state.json)", path)
+    return None
+
+
+def resolve_resume(training_args) -> str | None:
+    """--resume_from_checkpoint PATH, else (or with True/latest) the newest complete checkpoint."""
+    value = training_args.resume_from_checkpoint
+    auto = value is None or str(value).lower() in ("", "true", "latest", "auto")
+    if not auto:
+        if not os.path.isdir(value):
+            raise FileNotFoundError(f"--resume_from_checkpoint {value} is not a folder")
+        return value
+    found = latest_complete_checkpoint(training_args.output_dir)
+    if found is None and value is not None and str(value).lower() != "":
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {value}: no complete checkpoint-* in {training_args.output_dir}"
+        )
+    return found
+
+
+def _setup_logging(training_args) -> None:
+    level = logging.INFO if training_args.should_log else logging.WARNING
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout
+        )
+    logging.getLogger("llava").setLevel(level)
+
+
+def train(attn_implementation: str | None = None, argv: list[str] | None = None, callbacks=None):
+    """Parse the command line (or `argv`), train, save; returns the trainer."""
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    _setup_logging(training_args)
+    logger.info("model_args: %s", model_args)
+    logger.info("data_args: %s", data_args)
+    transformers.set_seed(training_args.seed)
+
+    model, tokenizer, template = build_model_and_tokenizer(
+        model_args, data_args, training_args, attn_implementation
+    )
+    logger.info("template %s; parameters:\n%s", template or "default (v1)", format_parameter_table(model))
+    data_module = make_supervised_data_module(tokenizer, data_args, training_args)
+    trainer = LLaVATrainer(
+        model=model, processing_class=tokenizer, args=training_args, callbacks=callbacks, **data_module
+    )
+    checkpoint = resolve_resume(training_args)
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_state()
+    model.config.use_cache = True
+    trainer.save_model(training_args.output_dir)
+    skipped = getattr(data_module["train_dataset"], "skipped", 0)
+    if skipped:
+        logger.warning("--skip_bad_samples: %d samples could not be loaded and were replaced", skipped)
+    return trainer
+
+
+if __name__ == "__main__":
+    train()

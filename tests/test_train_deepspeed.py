@@ -1,0 +1,121 @@
+"""DeepSpeed on the CPU with two processes (torchrun, gloo): ZeRO-2 stage 1, ZeRO-3 stage 2.
+
+Stage 2 loads stage 1's mm_projector.bin into ZeRO-3-partitioned parameters, trains with the
+projector's learning rate at 0 (so its final weights must equal the adapter exactly while the LLM
+changes), and saves a full model that reloads with from_pretrained.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from test_train import REPO, one_thread, stage1_args, stage2_args, train_kit  # noqa: F401 (fixture)
+
+pytest.importorskip("deepspeed")
+
+# The entry skips DeepSpeed's shared-memory collective op (a ~60 s C++ build on first use); gloo
+# does the collectives instead.
+ENTRY = textwrap.dedent(
+    """
+    import importlib, sys
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    from llava.train.train import train
+    train(argv=sys.argv[1:])
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(tmp_path, args) -> str:
+    entry = tmp_path / "entry.py"
+    entry.write_text(ENTRY)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(_free_port()), str(entry), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    return train_kit(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def zero2_stage1(kit, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("zero2")
+    out = tmp / "out"
+    extra = f"--deepspeed {REPO / 'zero2.json'} --max_steps 3 --per_device_train_batch_size 2 --save_steps 2"
+    log = torchrun(tmp, stage1_args(kit, out, extra))
+    return out, log
+
+
+@pytest.mark.slow
+def test_zero2_stage1_two_processes(zero2_stage1):
+    out, _ = zero2_stage1
+    state = json.loads((out / "trainer_state.json").read_text())
+    # two ranks x 2 samples per step: 3 steps cover 12 of the 16 samples
+    assert state["global_step"] == 3 and state["log_history"][-1]["epoch"] == pytest.approx(0.75)
+    ckpt = out / "checkpoint-2"
+    names = {p.name for p in ckpt.iterdir()}
+    assert {
+        "mm_projector.bin",
+        "config.json",
+        "trainer_state.json",
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    } <= names
+    assert (ckpt / "global_step2").is_dir()  # DeepSpeed's optimizer/module state: resumable
+    first = torch.load(ckpt / "mm_projector.bin", weights_only=True)
+    final = torch.load(out / "mm_projector.bin", weights_only=True)
+    assert sorted(final) == sorted(first) and all(k.startswith("model.mm_projector.") for k in final)
+    assert not torch.equal(first["model.mm_projector.0.weight"], final["model.mm_projector.0.weight"])
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert len(losses) == 3 and all(0 < x < 20 for x in losses)
+
+
+@pytest.mark.slow
+def test_zero3_stage2_loads_adapter_into_partitions_and_saves_a_model_that_reloads(
+    kit, zero2_stage1, tmp_path
+):
+    from safetensors.torch import load_file
+
+    from llava.model import LlavaLlamaForCausalLM
+
+    adapter = zero2_stage1[0] / "mm_projector.bin"
+    out = tmp_path / "out"
+    extra = f"--deepspeed {REPO / 'zero3.json'} --max_steps 2 --per_device_train_batch_size 2 --save_steps 2"
+    extra += " --mm_projector_lr 0 --learning_rate 1e-2"
+    log = torchrun(tmp_path, stage2_args(kit, out, adapter, extra))
+    assert "into ZeRO-3 partitions" in log  # the projector was partitioned when the adapter was loaded
+    ckpt = out / "checkpoint-2" / "global_step2"
+    assert len([p for p in ckpt.iterdir() if "optim_states" in p.name]) == 2  # one shard per rank
+
+    saved = load_file(out / "model.safetensors")
+    stage1 = torch.load(adapter, weights_only=True)
+    for key, value in stage1.items():
+        assert torch.equal(saved[key], value), key  # loaded into the partitions, untouched at lr 0
+    base = load_file(kit.llm / "model.safetensors")
+    key = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(saved[key], base[key])  # while the LLM trained
+
+    model = LlavaLlamaForCausalLM.from_pretrained(out)
+    for key, value in stage1.items():
+        assert torch.equal(model.state_dict()[key], value)
+    tokenizer_files = {p.name for p in out.iterdir()}
+    assert {"config.json", "tokenizer_config.json"} <= tokenizer_files
+    images = torch.zeros(1, 3, 32, 32)
+    ids = torch.tensor([[1, -200, 5, 6, 7]])
+    loss = model(input_ids=ids, images=images, labels=torch.tensor([[-100, -100, 5, 6, 7]])).loss
+    assert torch.isfinite(loss)
