@@ -104,3 +104,19 @@ def test_stop_strings(model, llama2_tokenizer):
     )
     assert stopped.shape[1] <= 4
     assert stopped[0].tolist() == full[0, : stopped.shape[1]].tolist()
+
+
+def test_keywords_stopping_criteria_from_mm_utils(model, llama2_tokenizer):
+    from llava.mm_utils import KeywordsStoppingCriteria
+
+    ids = torch.tensor([[1, 450, IMAGE_TOKEN_INDEX, 1724]])
+    img = images(1)
+    full = model.generate(ids, images=img, do_sample=False, max_new_tokens=10, pad_token_id=0)
+    keyword = llama2_tokenizer.decode(full[0, 2:3]).strip()
+    assert keyword
+    stop = KeywordsStoppingCriteria([keyword], llama2_tokenizer, ids)
+    stopped = model.generate(
+        ids, images=img, do_sample=False, max_new_tokens=10, pad_token_id=0, stopping_criteria=[stop]
+    )
+    assert 1 <= stopped.shape[1] <= 3 and keyword in llama2_tokenizer.decode(stopped[0])
+    assert stopped[0].tolist() == full[0, : stopped.shape[1]].tolist()
