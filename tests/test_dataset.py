@@ -205,3 +205,18 @@ def test_collator_pads_right_truncates_and_batches_images(data, processor, token
     short.tokenizer.model_max_length = 7
     cut = short(items)
     assert cut["input_ids"].shape == (4, 7) and torch.equal(cut["input_ids"][0], items[0]["input_ids"][:7])
+
+
+def test_image_tokens_count_against_model_max_length(data, processor, tokenizer):
+    from transformers import AutoTokenizer
+
+    short = AutoTokenizer.from_pretrained(tokenizer.name_or_path, model_max_length=20)
+    short.pad_token = short.unk_token
+    args = _args(data, processor, "pretrain")  # plain: <image> + caption; 16 image tokens
+    ds = LazySupervisedDataset(str(data["pretrain"]), short, args, conv_version="plain")
+    item = ds[0]
+    assert len(item["input_ids"]) == 20 - 15  # what is left beside the 16 image features
+    assert (item["labels"] != IGNORE_INDEX).any()
+    args.num_image_tokens = 19  # now only BOS and the image fit: nothing to learn
+    with pytest.raises(BadSampleError, match=r"no target token fits in --model_max_length 20"):
+        LazySupervisedDataset(str(data["pretrain"]), short, args, conv_version="plain")[0]

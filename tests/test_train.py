@@ -309,3 +309,29 @@ def test_train_mem_falls_back_to_sdpa_and_says_so(capsys, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_flash)
     assert pick_attn_implementation() == "sdpa"
     assert "falling back to PyTorch SDPA" in capsys.readouterr().out
+
+
+def test_cpu_workaround_is_a_no_op_with_an_accelerator(monkeypatch):
+    from llava.train import cpu_distributed
+
+    args = SimpleNamespace(use_cpu=False, tf32=True, deepspeed="zero3.json", accelerator_config=None)
+    monkeypatch.setattr(cpu_distributed, "has_accelerator", lambda: True)
+    cpu_distributed.configure_cpu_distributed(args)
+    assert args == SimpleNamespace(use_cpu=False, tf32=True, deepspeed="zero3.json", accelerator_config=None)
+    monkeypatch.setattr(cpu_distributed, "has_accelerator", lambda: False)
+    plain = SimpleNamespace(use_cpu=False, tf32=True, deepspeed=None, accelerator_config=None)
+    cpu_distributed.configure_cpu_distributed(plain)
+    assert plain.use_cpu and plain.tf32 is None and plain.accelerator_config is None
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
+    from llava.train.train import latest_complete_checkpoint
+
+    for step, complete in ((2, True), (10, True), (12, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert latest_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert latest_complete_checkpoint(str(tmp_path / "absent")) is None

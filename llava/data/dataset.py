@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from llava.constants import IGNORE_INDEX
 from llava.data.length_cache import LengthOptions, load_or_compute
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,15 @@ class LazySupervisedDataset(Dataset):
             if not self.list_data_dict:
                 raise ValueError(f"no usable samples left in {self.data_path}")
         self._text_lengths = [lengths[i] for i in range(len(self.list_data_dict))]
+        max_len = self.tokenizer.model_max_length
+        too_long = sum(1 for n in self.lengths if n > max_len)
+        if too_long:
+            logger.warning(
+                "%d of %d samples are longer than --model_max_length %d (image tokens included) and will be cut",
+                too_long,
+                len(self),
+                max_len,
+            )
 
     def _report(self, errors: dict[int, str]) -> None:
         listed = "\n".join(
@@ -220,8 +230,21 @@ class LazySupervisedDataset(Dataset):
             )
         except SampleError as e:
             raise self._error(i, e.reason) from e
-        item["input_ids"] = data["input_ids"][0]
-        item["labels"] = data["labels"][0]
+        ids, labels = data["input_ids"][0], data["labels"][0]
+        if has_image and getattr(self.data_args, "image_aspect_ratio", None) != "anyres":
+            # The model replaces the image token by num_image_tokens features, then cuts to
+            # model_max_length: cut here, where a sample left with nothing to learn is still known.
+            extra = max(0, int(getattr(self.data_args, "num_image_tokens", 0) or 0) - 1)
+            budget = self.tokenizer.model_max_length - extra
+            if len(ids) > budget:
+                ids, labels = ids[:budget], labels[:budget]
+                if not (labels != IGNORE_INDEX).any():
+                    raise self._error(
+                        i,
+                        f"no target token fits in --model_max_length {self.tokenizer.model_max_length} "
+                        f"next to the image's {extra + 1} tokens; raise --model_max_length",
+                    )
+        item["input_ids"], item["labels"] = ids, labels
         return item
 
     def _substitute(self, i: int) -> int:
