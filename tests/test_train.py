@@ -58,7 +58,7 @@ def stage2_args(kit, out, adapter=None, extra: str = "") -> list[str]:
         "--mm_vision_select_layer -2 --mm_use_im_start_end False --mm_use_im_patch_token False "
         "--image_aspect_ratio pad --group_by_modality_length True "
         f"--output_dir {out} --per_device_train_batch_size 4 --learning_rate 2e-3 --weight_decay 0. "
-        f"--logging_steps 1 --report_to none --model_max_length 128 --dataloader_num_workers 0 {extra}"
+        f"--logging_steps 1 --report_to none --model_max_length 256 --dataloader_num_workers 0 {extra}"
     ).split()
 
 

@@ -110,6 +110,7 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None,
     trainer.save_state()
     model.config.use_cache = True
     trainer.save_model(training_args.output_dir)
+    trainer.accelerator.wait_for_everyone()  # no rank leaves before the main one has written everything
     skipped = getattr(data_module["train_dataset"], "skipped", 0)
     if skipped:
         logger.warning("--skip_bad_samples: %d samples could not be loaded and were replaced", skipped)
