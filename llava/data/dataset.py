@@ -93,9 +93,14 @@ class LazySupervisedDataset(Dataset):
         return bool(getattr(self.data_args, "is_multimodal", False))
 
     def _missing_images(self) -> dict[int, str]:
+        from tqdm import tqdm
+
         folder = getattr(self.data_args, "image_folder", None) or ""
         errors = {}
-        for i, s in enumerate(self.list_data_dict):
+        samples = tqdm(
+            self.list_data_dict, desc="checking image files", mininterval=5, disable=len(self) < 10000
+        )
+        for i, s in enumerate(samples):
             if isinstance(s.get("image"), str) and not os.path.isfile(os.path.join(folder, s["image"])):
                 errors[i] = f"image file {os.path.join(folder, s['image'])} not found (check --image_folder)"
         return errors
