@@ -1,0 +1,378 @@
+"""Check every sample of a LLaVA training file before a long run.
+
+    python -m llava.data.validate --data_path llava_v1_5_mix665k.json --image_folder ./playground/data \\
+        --version v1 --model_name_or_path lmsys/vicuna-7b-v1.5 --model_max_length 2048 \\
+        [--check_images --num_workers 8] [--output_clean_json clean.json]
+
+Checks: the JSON schema (a list of {"id", "image"?, "conversations": [{"from", "value"}]}), roles
+alternating human/gpt, the `<image>` markers matching the "image" field, the image file existing
+(and, with --check_images, decoding), and, with a tokenizer, the sample rendered with the
+--version template and tokenised as training does fitting --model_max_length together with
+its image tokens. Prints the count of each problem with the first sample ids, and writes the
+samples without errors to --output_clean_json (atomically). Exits 1 when any sample has an error.
+Warnings (missing or duplicate ids) do not remove samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
+from llava.data.dataset import check_sample_shape, load_samples
+from llava.data.preprocess import (
+    ASSISTANT_ROLES,
+    HUMAN_ROLES,
+    SampleError,
+    preprocess_multimodal,
+    render_sample,
+    resolve_conversation,
+)
+from llava.data.token_counter import PromptTokenCounter
+
+# category -> what it means; the order is the order of the report.
+ERRORS = {
+    "schema": "not a sample object with a non-empty 'conversations' list of {'from', 'value'} strings",
+    "unknown_role": "a turn whose 'from' is not human/gpt (or a leading system turn)",
+    "roles_not_alternating": "human and gpt turns do not alternate",
+    "empty_turn": "a turn with an empty value",
+    "no_reply": "no gpt reply to train on",
+    "image_token_mismatch": "<image> markers do not match the 'image' field",
+    "missing_image": "image file not found under --image_folder",
+    "corrupt_image": "image file does not decode (--check_images)",
+    "template_error": "the --version template cannot render the conversation",
+    "too_long": "text + image tokens exceed --model_max_length (training would truncate it)",
+}
+WARNINGS = {
+    "missing_id": "sample has no 'id'",
+    "duplicate_id": "'id' used by an earlier sample",
+}
+
+
+@dataclass
+class Problem:
+    index: int
+    sample_id: object
+    message: str
+
+
+@dataclass
+class ValidationReport:
+    total: int
+    problems: dict[str, list[Problem]] = field(default_factory=dict)
+    token_counts: dict[int, int] = field(default_factory=dict)  # index -> text + image tokens
+
+    def add(self, category: str, index: int, sample_id, message: str) -> None:
+        """Record a problem; the message is prefixed with the sample's id and index."""
+        message = f"sample {sample_id!r} (#{index}): {message}"
+        self.problems.setdefault(category, []).append(Problem(index, sample_id, message))
+
+    @property
+    def bad_indices(self) -> set[int]:
+        return {p.index for cat, probs in self.problems.items() if cat in ERRORS for p in probs}
+
+    @property
+    def num_errors(self) -> int:
+        return len(self.bad_indices)
+
+    def counts(self) -> dict[str, int]:
+        return {cat: len(self.problems[cat]) for cat in (*ERRORS, *WARNINGS) if cat in self.problems}
+
+    def summary(self, max_ids: int = 5) -> str:
+        lines = [
+            f"{self.total} samples: {self.total - self.num_errors} usable, {self.num_errors} with errors"
+        ]
+        for title, table in (("errors", ERRORS), ("warnings", WARNINGS)):
+            cats = [c for c in table if c in self.problems]
+            if cats:
+                lines.append(f"{title}:")
+            for cat in cats:
+                probs = self.problems[cat]
+                ids = ", ".join(f"{p.sample_id!r} (#{p.index})" for p in probs[:max_ids])
+                more = f" and {len(probs) - max_ids} more" if len(probs) > max_ids else ""
+                lines.append(f"  {cat:<22} {len(probs):>8}  ({table[cat]})")
+                lines.append(f"      e.g. {probs[0].message}")
+                lines.append(f"      samples: {ids}{more}")
+        if self.token_counts:
+            counts = sorted(self.token_counts.values())
+            lines.append(
+                f"tokens per sample (text + image): max {counts[-1]}, "
+                f"p99 {counts[min(len(counts) - 1, int(0.99 * len(counts)))]}, median {counts[len(counts) // 2]}"
+            )
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ per-sample checks
+def conversation_problem(sample: dict) -> tuple[str, str] | None:
+    """(category, message) of the first structural problem of `sample`, or None.
+
+    Follows `preprocess`: an optional leading system turn, a leading gpt turn skipped, then
+    human/gpt alternating; `<image>` markers only in human turns, one per image.
+    """
+    shape = check_sample_shape(sample, is_multimodal=True)
+    if shape:
+        return "schema", shape
+    turns = sample["conversations"]
+    for j, turn in enumerate(turns):
+        if (
+            not isinstance(turn, dict)
+            or not isinstance(turn.get("from"), str)
+            or not isinstance(turn.get("value"), str)
+        ):
+            return "schema", f"turn {j} is not an object with string 'from' and 'value': {str(turn)[:80]}"
+    roles = [t["from"].lower() for t in turns]
+    start = 1 if roles[0] == "system" else 0
+    if start < len(roles) and roles[start] in ASSISTANT_ROLES:
+        start += 1  # preprocess drops a leading assistant turn, as the original did
+    markers = 0
+    for j in range(start, len(turns)):
+        role, value, k = roles[j], turns[j]["value"], j - start
+        if role not in HUMAN_ROLES + ASSISTANT_ROLES:
+            return "unknown_role", f"turn {j} has role {turns[j]['from']!r}; expected human or gpt"
+        if (role in ASSISTANT_ROLES) != (k % 2 == 1):
+            return (
+                "roles_not_alternating",
+                f"turn {j} is {turns[j]['from']!r} where a {'gpt' if k % 2 else 'human'} turn belongs",
+            )
+        if not value.strip():
+            return "empty_turn", f"turn {j} ({turns[j]['from']!r}) is empty"
+        if k % 2 == 1 and DEFAULT_IMAGE_TOKEN in value:
+            return "image_token_mismatch", f"gpt turn {j} contains {DEFAULT_IMAGE_TOKEN}"
+        markers += value.count(DEFAULT_IMAGE_TOKEN)
+    if len(turns) - start < 2:
+        return "no_reply", "no gpt reply to train on (need a human turn followed by a gpt turn)"
+    images = 1 if "image" in sample else 0
+    if markers != images:
+        return "image_token_mismatch", f"{markers} {DEFAULT_IMAGE_TOKEN} marker(s) for {images} image(s)"
+    return None
+
+
+def image_problem(path: str, decode: bool) -> tuple[str, str] | None:
+    """('missing_image' | 'corrupt_image', message) for the image at `path`, or None."""
+    if not os.path.isfile(path):
+        return "missing_image", f"image file {path} not found (check --image_folder)"
+    if decode:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                im.convert("RGB")  # decodes every pixel, as the dataset does
+        except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
+            return "corrupt_image", f"image file {path} cannot be read ({type(e).__name__}: {e})"
+    return None
+
+
+def _check_images(samples, indices, image_folder, decode, num_workers, report) -> set[int]:
+    """Record missing (and, with `decode`, corrupt) images of the samples at `indices`; returns the bad ones."""
+    paths = {i: os.path.join(image_folder or "", samples[i]["image"]) for i in indices}
+    unique = sorted(set(paths.values()))
+    if decode:  # PIL decodes without the GIL: threads use the cores
+        from tqdm import tqdm
+
+        with ThreadPoolExecutor(max(1, num_workers)) as pool:
+            found = pool.map(lambda path: image_problem(path, True), unique)
+            results = dict(zip(unique, tqdm(found, total=len(unique), desc="decoding images", mininterval=2)))
+    else:
+        results = {path: image_problem(path, False) for path in unique}
+    bad = set()
+    for i, path in paths.items():
+        if results[path]:
+            category, message = results[path]
+            report.add(category, i, samples[i].get("id"), message)
+            bad.add(i)
+    return bad
+
+
+# ------------------------------------------------------------------------------ rendering + token counts
+PARALLEL_THRESHOLD = 20000  # samples; below this, starting worker processes costs more than it saves
+
+
+def count_prompt_tokens(prompts: list[str], tokenizer) -> list[int]:
+    """``len(tokenizer_image_token(p, tokenizer))`` (each `<image>` one id) for every prompt."""
+    return PromptTokenCounter(tokenizer).count(prompts, progress=len(prompts) >= 50000)
+
+
+def _template(version: str | None):
+    # As train(): "v0" and "v0.5" keep the default (v1) template.
+    return None if version in (None, "v0", "v0.5") else version
+
+
+def render_and_count(samples: list[dict], tokenizer, version, mm_use_im_start_end: bool):
+    """For each sample (already structurally checked): ``(prompt token count or None, SampleError reason or None)``.
+
+    Renders as the dataset does (`preprocess_multimodal`, then the template) and counts as
+    `tokenizer_image_token` does; counts are None without a tokenizer.
+    """
+    conv = resolve_conversation(_template(version), tokenizer)
+    args = argparse.Namespace(is_multimodal=True, mm_use_im_start_end=mm_use_im_start_end)
+    prompts, out = [], []
+    for sample in samples:
+        has_image = "image" in sample
+        source = [dict(turn) for turn in sample["conversations"]]
+        if has_image:
+            source = preprocess_multimodal([source], args, conv=conv)[0]
+        try:
+            prompt, _ = render_sample(source, tokenizer, conv, int(has_image), sample.get("id"))
+        except SampleError as e:
+            out.append((None, e.reason))
+            continue
+        prompts.append(prompt)
+        out.append((len(prompts) - 1, None))
+    if tokenizer is None:
+        return [(None, reason) for _, reason in out]
+    counts = PromptTokenCounter(tokenizer).count(prompts)
+    return [(counts[k] if k is not None else None, reason) for k, reason in out]
+
+
+def _render_and_count_all(samples: list[dict], tokenizer, version, mm_use_im_start_end, num_workers: int):
+    """`render_and_count` over all samples, split across forked worker processes for large inputs."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(num_workers, os.cpu_count() or 1)
+    if len(samples) < PARALLEL_THRESHOLD or workers <= 1 or "fork" not in mp.get_all_start_methods():
+        return render_and_count(samples, tokenizer, version, mm_use_im_start_end)
+    size = -(-len(samples) // workers)
+    parts = [samples[k : k + size] for k in range(0, len(samples), size)]
+    # fork: the workers start without re-importing torch/transformers.
+    with ProcessPoolExecutor(len(parts), mp_context=mp.get_context("fork")) as pool:
+        futures = [
+            pool.submit(render_and_count, part, tokenizer, version, mm_use_im_start_end) for part in parts
+        ]
+        return [row for f in futures for row in f.result()]
+
+
+# ------------------------------------------------------------------------------ the whole file
+def validate(
+    samples: list[dict],
+    image_folder: str | None = None,
+    tokenizer=None,
+    version: str | None = "v1",
+    model_max_length: int = 2048,
+    num_image_tokens: int = 576,
+    check_images: bool = False,
+    num_workers: int = 4,
+    mm_use_im_start_end: bool = False,
+) -> ValidationReport:
+    """Check `samples` (the loaded JSON list); see the module docstring.
+
+    `num_workers`: threads decoding images, and processes rendering/tokenising large files.
+    With `mm_use_im_start_end` the im_start/im_end tokens are added to `tokenizer`, as training does.
+    """
+    report = ValidationReport(total=len(samples))
+    resolve_conversation(_template(version), tokenizer)  # unknown --version: ValueError listing the names
+    seen: set = set()
+    good = []
+    for i, sample in enumerate(samples):
+        sid = sample.get("id")
+        if sid is None:
+            report.add("missing_id", i, None, "no 'id'")
+        elif isinstance(sid, (str, int)):
+            if sid in seen:
+                report.add("duplicate_id", i, sid, "this id was used by an earlier sample")
+            seen.add(sid)
+        problem = conversation_problem(sample)
+        if problem:
+            report.add(problem[0], i, sid, problem[1])
+        else:
+            good.append(i)
+    with_image = [i for i in good if "image" in samples[i]]
+    bad = _check_images(samples, with_image, image_folder, check_images, num_workers, report)
+    good = [i for i in good if i not in bad]
+
+    if tokenizer is not None and mm_use_im_start_end:
+        tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+    rows = _render_and_count_all(
+        [samples[i] for i in good], tokenizer, version, mm_use_im_start_end, num_workers
+    )
+    for i, (n, reason) in zip(good, rows):
+        sid = samples[i].get("id")
+        if reason is not None:
+            report.add("template_error", i, sid, reason)
+        if n is None:
+            continue
+        images = 1 if "image" in samples[i] else 0
+        total = n - images + images * num_image_tokens
+        report.token_counts[i] = total
+        if total > model_max_length:
+            report.add(
+                "too_long",
+                i,
+                sid,
+                f"{total} tokens ({n - images} text + {images * num_image_tokens} image) "
+                f"> --model_max_length {model_max_length}",
+            )
+    return report
+
+
+def write_clean(samples: list, report: ValidationReport, path: str) -> int:
+    """Write the samples without errors to `path` (JSON list, or JSON lines for .jsonl), atomically."""
+    import json
+
+    from llava.eval.files import atomic_write_text
+
+    keep = [s for i, s in enumerate(samples) if i not in report.bad_indices]
+    if str(path).endswith(".jsonl"):
+        text = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in keep)
+    else:
+        text = json.dumps(keep, ensure_ascii=False)
+    atomic_write_text(path, text)
+    return len(keep)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data_path", required=True, help="the training JSON (list) or JSON-lines file")
+    p.add_argument("--image_folder", default=None, help="folder the 'image' fields are relative to")
+    p.add_argument("--version", default="v1", help="conversation template, as in training (default v1)")
+    p.add_argument(
+        "--model_name_or_path", default=None, help="tokenizer for the length check (skipped without)"
+    )
+    p.add_argument("--model_max_length", type=int, default=2048, help="as in training (LLaVA-1.5: 2048)")
+    p.add_argument("--num_image_tokens", type=int, default=576, help="tokens per image (CLIP-L/336: 576)")
+    p.add_argument("--mm_use_im_start_end", action="store_true")
+    p.add_argument(
+        "--check_images", action="store_true", help="decode every image (slow), not only check it exists"
+    )
+    p.add_argument("--num_workers", type=int, default=4, help="threads for the image checks")
+    p.add_argument("--output_clean_json", default=None, help="write the samples without errors here")
+    p.add_argument("--max_ids", type=int, default=5, help="sample ids listed per problem")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    samples = load_samples(args.data_path)
+    tokenizer = None
+    if args.model_name_or_path:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    report = validate(
+        samples,
+        image_folder=args.image_folder,
+        tokenizer=tokenizer,
+        version=args.version,
+        model_max_length=args.model_max_length,
+        num_image_tokens=args.num_image_tokens,
+        check_images=args.check_images,
+        num_workers=args.num_workers,
+        mm_use_im_start_end=args.mm_use_im_start_end,
+    )
+    checks = "images " + ("exist and decode" if args.check_images else "exist (not decoded)")
+    checks += (
+        f", tokens with {args.version!r} <= {args.model_max_length}" if tokenizer else ", no length check"
+    )
+    print(f"{args.data_path} ({checks})")
+    print(report.summary(args.max_ids))
+    if args.output_clean_json:
+        kept = write_clean(samples, report, args.output_clean_json)
+        print(f"wrote {kept} samples to {args.output_clean_json}")
+    return 1 if report.num_errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
