@@ -11,6 +11,11 @@ alternating human/gpt, the `<image>` markers matching the "image" field, the ima
 its image tokens. Prints the count of each problem with the first sample ids, and writes the
 samples without errors to --output_clean_json (atomically). Exits 1 when any sample has an error.
 Warnings (missing or duplicate ids) do not remove samples.
+
+Token counts equal training's (`tokenizer_image_token` on the rendered prompt, see
+`llava.data.token_counter` for how they are computed quickly); each image adds
+--num_image_tokens (576 for CLIP ViT-L/14-336). "v0" and "v0.5" use the default template, as
+training does.
 """
 
 from __future__ import annotations
@@ -254,12 +259,13 @@ def validate(
     model_max_length: int = 2048,
     num_image_tokens: int = 576,
     check_images: bool = False,
-    num_workers: int = 4,
+    num_workers: int = 1,
     mm_use_im_start_end: bool = False,
 ) -> ValidationReport:
     """Check `samples` (the loaded JSON list); see the module docstring.
 
-    `num_workers`: threads decoding images, and processes rendering/tokenising large files.
+    `num_workers`: threads decoding images, and processes rendering/tokenising files of
+    PARALLEL_THRESHOLD samples or more (worth it on free cores; on a busy machine 1 is faster).
     With `mm_use_im_start_end` the im_start/im_end tokens are added to `tokenizer`, as training does.
     """
     report = ValidationReport(total=len(samples))
@@ -337,7 +343,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--check_images", action="store_true", help="decode every image (slow), not only check it exists"
     )
-    p.add_argument("--num_workers", type=int, default=4, help="threads for the image checks")
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        default=1,
+        help="threads decoding images and, for files of 20K+ samples, processes tokenising (use free cores)",
+    )
     p.add_argument("--output_clean_json", default=None, help="write the samples without errors here")
     p.add_argument("--max_ids", type=int, default=5, help="sample ids listed per problem")
     return p.parse_args(argv)
