@@ -104,6 +104,14 @@ def test_every_problem_is_found_and_named(data, llama2_tokenizer):
     assert "> --model_max_length 2048" in msgs["too_long"] and "576 image" in msgs["too_long"]
 
 
+def test_allow_too_long_makes_it_a_warning(data, llama2_tokenizer):
+    _, images, samples = data
+    report = validate(samples, images, llama2_tokenizer, "v1", allow_too_long=True)
+    assert _ids(report, "too_long") == ["too-long"] and 17 not in report.bad_indices
+    errors_part, warnings_part = report.summary().split("warnings:")
+    assert "\n  too_long " in warnings_part and "\n  too_long " not in errors_part
+
+
 def test_without_check_images_only_existence_is_checked(data):
     _, images, samples = data
     report = validate(samples, images, None)

@@ -69,15 +69,21 @@ class ValidationReport:
     total: int
     problems: dict[str, list[Problem]] = field(default_factory=dict)
     token_counts: dict[int, int] = field(default_factory=dict)  # index -> text + image tokens
+    tolerated: frozenset[str] = frozenset()  # error categories reported as warnings instead
 
     def add(self, category: str, index: int, sample_id, message: str) -> None:
         """Record a problem; the message is prefixed with the sample's id and index."""
         message = f"sample {sample_id!r} (#{index}): {message}"
         self.problems.setdefault(category, []).append(Problem(index, sample_id, message))
 
+    def _tables(self) -> tuple[dict[str, str], dict[str, str]]:
+        errors = {c: d for c, d in ERRORS.items() if c not in self.tolerated}
+        return errors, {**WARNINGS, **{c: d for c, d in ERRORS.items() if c in self.tolerated}}
+
     @property
     def bad_indices(self) -> set[int]:
-        return {p.index for cat, probs in self.problems.items() if cat in ERRORS for p in probs}
+        errors = self._tables()[0]
+        return {p.index for cat, probs in self.problems.items() if cat in errors for p in probs}
 
     @property
     def num_errors(self) -> int:
@@ -90,7 +96,7 @@ class ValidationReport:
         lines = [
             f"{self.total} samples: {self.total - self.num_errors} usable, {self.num_errors} with errors"
         ]
-        for title, table in (("errors", ERRORS), ("warnings", WARNINGS)):
+        for title, table in zip(("errors", "warnings"), self._tables()):
             cats = [c for c in table if c in self.problems]
             if cats:
                 lines.append(f"{title}:")
@@ -261,14 +267,16 @@ def validate(
     check_images: bool = False,
     num_workers: int = 1,
     mm_use_im_start_end: bool = False,
+    allow_too_long: bool = False,
 ) -> ValidationReport:
     """Check `samples` (the loaded JSON list); see the module docstring.
 
     `num_workers`: threads decoding images, and processes rendering/tokenising files of
     PARALLEL_THRESHOLD samples or more (worth it on free cores; on a busy machine 1 is faster).
     With `mm_use_im_start_end` the im_start/im_end tokens are added to `tokenizer`, as training does.
+    `allow_too_long`: over-long samples are warnings (training cuts them) and stay in the clean file.
     """
-    report = ValidationReport(total=len(samples))
+    report = ValidationReport(total=len(samples), tolerated=frozenset({"too_long"} if allow_too_long else ()))
     resolve_conversation(_template(version), tokenizer)  # unknown --version: ValueError listing the names
     seen: set = set()
     good = []
@@ -341,6 +349,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_image_tokens", type=int, default=576, help="tokens per image (CLIP-L/336: 576)")
     p.add_argument("--mm_use_im_start_end", action="store_true")
     p.add_argument(
+        "--allow_too_long", action="store_true", help="keep over-long samples (training cuts them): a warning"
+    )
+    p.add_argument(
         "--check_images", action="store_true", help="decode every image (slow), not only check it exists"
     )
     p.add_argument(
@@ -372,6 +383,7 @@ def main(argv=None) -> int:
         check_images=args.check_images,
         num_workers=args.num_workers,
         mm_use_im_start_end=args.mm_use_im_start_end,
+        allow_too_long=args.allow_too_long,
     )
     checks = "images " + ("exist and decode" if args.check_images else "exist (not decoded)")
     checks += (
