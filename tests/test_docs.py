@@ -1,24 +1,16 @@
 """The documentation cannot drift from the code.
 
-Every shell command in README.md and docs/*.md that runs this project is checked against the code:
-the module, script or launch script it names exists, and every flag it passes is accepted by the
-real argument parser of the entry point. Commands are taken from fenced code blocks (bash, sh,
-shell, console or no language) and from inline code spans that start with such a command; line
-continuations are joined, `VAR=value` prefixes and `exec`/`nohup`/`env`/`time` are skipped, and
-`;`, `&&`, `||`, `|`, `&` separate commands. A command runs the project when it is
-
-    python[3] -m llava.X ...          python llava/....py ...          python scripts/x.py ...
-    deepspeed|torchrun [launcher flags] llava/....py ...              bash scripts/....sh ...
-
-The parser of an entry point is captured without running it: its code runs as `__main__` with
-`argparse.ArgumentParser.parse_known_args` (which `parse_args` and transformers'
-`HfArgumentParser.parse_args_into_dataclasses` both call) patched to hand back the parser instead
-of parsing, so nothing is loaded or started and no `--help` subprocess is needed. For
-`bash scripts/x.sh ARGS`, ARGS go to the command in the script that forwards `"$@"`; the script's
-own project commands are checked too. Flags must be spelled exactly (no argparse abbreviations).
-
-Training.md's flag tables are checked as well: each flag listed exists, its documented default is
-the real one, and every flag this project declares (llava/train/arguments.py) is listed.
+Every shell command in README.md and docs/*.md that runs the project (`python[3] -m llava.X`,
+`python llava/....py`, `python scripts/x.py`, `deepspeed|torchrun ... llava/....py`,
+`bash scripts/....sh`), in fenced shell blocks or inline code spans, must name an existing entry
+point and pass only flags its real argument parser accepts (spelled exactly). Continuations are
+joined, `VAR=value` / `exec` / `nohup` prefixes skipped, `; && || | &` split commands. Arguments
+of `bash scripts/x.sh` go to the script's command that forwards `"$@"`; the script's own project
+commands are checked too. A parser is captured without running anything: the entry code runs as
+`__main__` with `argparse.ArgumentParser.parse_known_args` (which `parse_args` and
+`HfArgumentParser.parse_args_into_dataclasses` call) patched to hand the parser back.
+The flag tables of Training.md and Data.md must list real flags with their real defaults, and
+every flag the project declares.
 """
 
 from __future__ import annotations
@@ -36,6 +28,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -208,18 +201,18 @@ class ParserNotFound(Exception):
 
 def capture_parser(kind: str, name: str, root: Path = REPO) -> argparse.ArgumentParser:
     """The argparse parser the entry point builds, caught when it is about to parse."""
-    real = argparse.ArgumentParser.parse_known_args
 
     def hand_over(self, args=None, namespace=None):
         raise _Captured(self)
 
-    saved_argv, saved_env = sys.argv[:], dict(os.environ)
     root_logger = logging.getLogger()
-    saved_log = (root_logger.handlers[:], root_logger.level)
-    argparse.ArgumentParser.parse_known_args = hand_over
-    sys.argv = [name]
     try:
-        with (
+        with (  # everything the entry code might touch before parsing is put back afterwards
+            mock.patch.object(argparse.ArgumentParser, "parse_known_args", hand_over),
+            mock.patch.object(sys, "argv", [name]),
+            mock.patch.dict(os.environ),
+            mock.patch.object(root_logger, "handlers", root_logger.handlers[:]),
+            mock.patch.object(root_logger, "level", root_logger.level),
             warnings.catch_warnings(),
             contextlib.redirect_stdout(io.StringIO()),
             contextlib.redirect_stderr(io.StringIO()),
@@ -233,22 +226,12 @@ def capture_parser(kind: str, name: str, root: Path = REPO) -> argparse.Argument
         return c.parser
     except BaseException as e:  # noqa: BLE001 - any failure before parsing is reported
         raise ParserNotFound(f"{name} failed before parsing its arguments: {type(e).__name__}: {e}") from e
-    finally:
-        argparse.ArgumentParser.parse_known_args = real
-        sys.argv = saved_argv
-        os.environ.clear()
-        os.environ.update(saved_env)
-        root_logger.handlers[:] = saved_log[0]
-        root_logger.setLevel(saved_log[1])
     raise ParserNotFound(f"{name} ran to the end without parsing command-line arguments")
 
 
 def module_file(module: str, root: Path = REPO) -> Path | None:
     base = root / Path(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__main__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((p for p in (base.with_suffix(".py"), base / "__main__.py") if p.is_file()), None)
 
 
 class Checker:
@@ -281,14 +264,11 @@ class Checker:
                 return [f"{where}: `python -m {target.name}`: no such module in this repository"]
         elif not (self.root / target.name).is_file():
             return [f"{where}: {target.name} does not exist"]
-        known = self.options(target.kind, target.name)
+        flags = flags_of(target.args)
+        known = self.options(target.kind, target.name) if flags else set()
         if isinstance(known, str):
             return [f"{where}: {known}"]
-        return [
-            f"{where}: {target.name} does not accept {flag}"
-            for flag in flags_of(target.args)
-            if flag not in known
-        ]
+        return [f"{where}: {target.name} does not accept {flag}" for flag in flags if flag not in known]
 
     def check_script(self, target: Target, where: str) -> list[str]:
         path = self.root / target.name
@@ -353,18 +333,10 @@ def same_default(cell: str, value) -> bool:
     m = re.fullmatch(r"`([^`]*)`", cell)
     if not m:
         return True
-    text = m.group(1).strip().strip("\"'")
-    value = getattr(value, "value", value)  # enums
-    if value is None:
-        return text == "None"
-    if isinstance(value, bool):
-        return text == str(value)
-    if isinstance(value, (int, float)):
-        try:
-            return float(text) == float(value)
-        except ValueError:
-            return False
-    return text == str(value)
+    text, value = m.group(1).strip().strip("\"'"), getattr(value, "value", value)  # enums: their value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return re.fullmatch(r"[-+0-9.eE]+", text) is not None and float(text) == float(value)
+    return text == str(value)  # None, True/False, strings
 
 
 def flag_table_errors(doc: Path, parser: argparse.ArgumentParser, must_list: set[str]) -> list[str]:
