@@ -18,9 +18,14 @@ class DataCollatorForSupervisedDataset:
     to `tokenizer.model_max_length`. The attention mask comes from the lengths, not from the pad id,
     so a pad token that also occurs in text (e.g. pad = eos) is still attended to. `images` is one
     tensor [B, 3, H, W] when all images share a shape, else a list; `image_sizes` lists (w, h).
+
+    With `packing=True` the instances are packed into rows of at most `model_max_length` tokens
+    the LLM sees (`num_image_tokens` per image placeholder): see llava.data.packing.collate_packed.
     """
 
     tokenizer: object
+    packing: bool = False
+    num_image_tokens: int = 0
 
     def __call__(self, instances: Sequence[dict]) -> dict:
         pad_id = self.tokenizer.pad_token_id
@@ -30,6 +35,14 @@ class DataCollatorForSupervisedDataset:
                 "(train() uses the unk token, as the original LLaVA)"
             )
         max_len = self.tokenizer.model_max_length
+        if self.packing:
+            from llava.data.packing import collate_packed
+
+            cut = [
+                dict(inst, input_ids=inst["input_ids"][:max_len], labels=inst["labels"][:max_len])
+                for inst in instances
+            ]
+            return collate_packed(cut, pad_id, max_len, self.num_image_tokens)
         ids = [torch.as_tensor(inst["input_ids"])[:max_len] for inst in instances]
         labels = [torch.as_tensor(inst["labels"])[:max_len] for inst in instances]
         for n, (a, b) in enumerate(zip(ids, labels)):

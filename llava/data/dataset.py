@@ -3,7 +3,10 @@
 A sample is `{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}, ...]}`; samples
 without "image" are text-only. `__getitem__` returns `input_ids` and `labels` (from
 `llava.data.preprocess`) and, for a multimodal model, `image` (a zero image for text-only samples,
-so every sample of a batch carries one). Bad samples stop training with an error that names the
+so every sample of a batch carries one). After `prepare()` the ids and labels come from the token
+cache (tokenised once per data file, tokenizer and template: llava.data.length_cache) and images
+go through `llava.data.image_transform` (decode, pad, resize, normalise in one pass), so a
+DataLoader worker does no per-sample work that could be done once. Bad samples stop training with an error that names the
 sample and the file, or with `--skip_bad_samples True` are dropped (found before training) or
 replaced by the next good sample of the same modality (found while loading) and counted.
 """
@@ -20,7 +23,8 @@ import torch
 from torch.utils.data import Dataset
 
 from llava.constants import IGNORE_INDEX
-from llava.data.length_cache import LengthOptions, load_or_compute
+from llava.data.image_transform import ImageTransform
+from llava.data.length_cache import LengthOptions, load_or_build
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +85,9 @@ class LazySupervisedDataset(Dataset):
         self.conv_version = conv_version or getattr(data_args, "conv_version", None)
         self.list_data_dict = load_samples(data_path)
         self._text_lengths: list[int] | None = None
+        self._tokens = None  # TokenStore after prepare()
+        self._token_rows: list[int] | None = None  # sample index -> row of the token store
+        self._transform: ImageTransform | None | bool = False  # False: not built yet
         self.skipped = 0  # samples replaced while loading (per process)
         self._failed: set[int] = set()
 
@@ -119,10 +126,12 @@ class LazySupervisedDataset(Dataset):
         }
         good = [s for i, s in enumerate(self.list_data_dict) if i not in errors]
         good_index = [i for i in range(len(self.list_data_dict)) if i not in errors]
-        counts, count_errors = load_or_compute(
+        cache = load_or_build(
             self.data_path, good, self.tokenizer, opts, getattr(self.data_args, "lengths_cache_dir", None)
         )
+        counts, count_errors = cache.lengths, cache.errors
         lengths = dict(zip(good_index, counts))
+        rows = {i: k for k, i in enumerate(good_index)}
         errors.update({good_index[j]: err for j, err in count_errors.items()})
         errors.update({i: e for i, e in self._missing_images().items() if i not in errors})
         if errors:
@@ -130,9 +139,11 @@ class LazySupervisedDataset(Dataset):
             keep = [i for i in range(len(self.list_data_dict)) if i not in errors]
             self.list_data_dict = [self.list_data_dict[i] for i in keep]
             lengths = {new: lengths[old] for new, old in enumerate(keep)}
+            rows = {new: rows[old] for new, old in enumerate(keep)}
             if not self.list_data_dict:
                 raise ValueError(f"no usable samples left in {self.data_path}")
         self._text_lengths = [lengths[i] for i in range(len(self.list_data_dict))]
+        self._tokens, self._token_rows = cache.tokens, [rows[i] for i in range(len(self.list_data_dict))]
         max_len = self.tokenizer.model_max_length
         too_long = sum(1 for n in self.lengths if n > max_len)
         if too_long:
@@ -187,11 +198,18 @@ class LazySupervisedDataset(Dataset):
         path = os.path.join(getattr(self.data_args, "image_folder", None) or "", sample["image"])
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
+                im.load()
+                image = im if im.mode == "RGB" else im.convert("RGB")
         except FileNotFoundError as e:
             raise self._error(i, f"image file {path} not found (check --image_folder)") from e
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             raise self._error(i, f"image file {path} cannot be read ({type(e).__name__}: {e})") from e
+        if self._transform is False:
+            self._transform = ImageTransform.from_processor(
+                processor, getattr(self.data_args, "image_aspect_ratio", None)
+            )
+        if self._transform is not None:
+            return self._transform(image), image.size
         pixels = process_images([image], processor, self.data_args)
         return pixels[0], image.size
 
@@ -218,24 +236,28 @@ class LazySupervisedDataset(Dataset):
         if problem:
             raise self._error(i, problem)
         has_image = "image" in sample
-        sources = [copy.deepcopy(sample["conversations"])]
         item = {}
         if has_image:
             item["image"], item["image_size"] = self._image(i, sample)
-            sources = preprocess_multimodal(sources, self.data_args, conv=self.conv_version)
         elif self.is_multimodal:
             item["image"], item["image_size"] = self._zero_image()
-        try:
-            data = preprocess(
-                sources,
-                self.tokenizer,
-                has_image=has_image,
-                conv=self.conv_version,
-                sample_ids=[sample.get("id")],
-            )
-        except SampleError as e:
-            raise self._error(i, e.reason) from e
-        ids, labels = data["input_ids"][0], data["labels"][0]
+        if self._tokens is not None:
+            ids, labels = self._tokens.get(self._token_rows[i])
+        else:  # not prepared: tokenise this one sample now
+            sources = [copy.deepcopy(sample["conversations"])]
+            if has_image:
+                sources = preprocess_multimodal(sources, self.data_args, conv=self.conv_version)
+            try:
+                data = preprocess(
+                    sources,
+                    self.tokenizer,
+                    has_image=has_image,
+                    conv=self.conv_version,
+                    sample_ids=[sample.get("id")],
+                )
+            except SampleError as e:
+                raise self._error(i, e.reason) from e
+            ids, labels = data["input_ids"][0], data["labels"][0]
         if has_image and getattr(self.data_args, "image_aspect_ratio", None) != "anyres":
             # The model replaces the image token by num_image_tokens features, then cuts to
             # model_max_length: cut here, where a sample left with nothing to learn is still known.
@@ -291,5 +313,9 @@ def make_supervised_data_module(tokenizer, data_args, training_args=None) -> dic
     return dict(
         train_dataset=dataset,
         eval_dataset=None,
-        data_collator=DataCollatorForSupervisedDataset(tokenizer=tokenizer),
+        data_collator=DataCollatorForSupervisedDataset(
+            tokenizer=tokenizer,
+            packing=bool(getattr(training_args, "packing", False)),
+            num_image_tokens=int(getattr(data_args, "num_image_tokens", 0) or 0),
+        ),
     )

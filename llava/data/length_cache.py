@@ -1,14 +1,20 @@
-"""Per-sample token counts of a training file, computed once and cached next to the data.
+"""Per-sample tokens of a training file, computed once and cached next to the data.
 
-The length-grouped samplers need every sample's length before the first step. Counting tokens
-means rendering and tokenising every conversation exactly as training will (through
-`llava.data.preprocess.preprocess`), which also finds samples whose labels cannot be built
-before hours of training are spent. For 665K samples that takes minutes, so the result is cached
-in a JSON file keyed by the data file (path, size, mtime), the tokenizer (its full serialisation),
-the template, `mm_use_im_start_end` and `model_max_length`; any change gives a new cache file.
+The length-grouped samplers need every sample's length before the first step, and training needs
+every sample's input ids and labels. Both come from rendering and tokenising every conversation
+exactly as training does (through `llava.data.preprocess.preprocess`), which also finds samples
+whose labels cannot be built before hours of training are spent. For 665K samples that takes
+minutes, so it is done once and cached, keyed by the data file (path, size, mtime), the tokenizer
+(its full serialisation), the template, `mm_use_im_start_end` and `model_max_length`; any change
+gives a new cache. Two files per key:
 
-The cache stores text-token counts (without image tokens); the caller adds the number of image
-tokens for samples with an image.
+- `<data file>.<key>.tokens.npy`: all samples' ids end to end, one integer per token (uint16 when
+  the vocabulary allows, else uint32): the id, the top bit set when the token is a target
+  (its label is the id), and all low bits set for an image placeholder. Training memory-maps it,
+  so DataLoader workers share one copy and nothing is re-tokenised.
+- `<data file>.<key>.lengths.json`: text-token counts (without image tokens; the caller adds the
+  image's tokens), errors by sample, and each sample's offset into the token file. Written last:
+  its presence means the token file is complete.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llava.data.token_store import TokenStore, write_tokens
+
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: adds the token file
 PARALLEL_THRESHOLD = 5000  # samples; below this one process is faster than starting workers
 
 
@@ -88,9 +96,27 @@ def _fallback_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llava" / "lengths"
 
 
-def count_sample(sample: dict, tokenizer, opts: LengthOptions) -> tuple[int, str | None]:
-    """(text-token count, None) or (0, error message) for one sample."""
-    from llava.constants import IMAGE_TOKEN_INDEX
+@dataclass
+class Encoded:
+    """One sample as training tokenises it: ids (IMAGE_TOKEN_INDEX for image placeholders) and
+    labels as int64 arrays, or the reason it cannot be used."""
+
+    ids: Any = None
+    labels: Any = None
+    error: str | None = None
+
+    @property
+    def count(self) -> int:
+        """Text tokens (image placeholders not counted); 0 for a failed sample."""
+        from llava.constants import IMAGE_TOKEN_INDEX
+
+        return 0 if self.ids is None else int((self.ids != IMAGE_TOKEN_INDEX).sum())
+
+
+def encode_sample(sample: dict, tokenizer, opts: LengthOptions) -> Encoded:
+    """`sample` rendered and tokenised exactly as training does (cut at model_max_length)."""
+    import numpy as np
+
     from llava.data.preprocess import SampleError, preprocess, preprocess_multimodal
 
     try:
@@ -99,39 +125,48 @@ def count_sample(sample: dict, tokenizer, opts: LengthOptions) -> tuple[int, str
         if has_image:
             sources = preprocess_multimodal(sources, opts.as_data_args(), conv=opts.conv_version)
         out = preprocess(sources, tokenizer, has_image=has_image, conv=opts.conv_version)
-        ids = out["input_ids"][0]
-        return int((ids != IMAGE_TOKEN_INDEX).sum()), None
+        return Encoded(
+            out["input_ids"][0].numpy().astype(np.int64), out["labels"][0].numpy().astype(np.int64)
+        )
     except SampleError as e:
-        return 0, e.reason
+        return Encoded(error=e.reason)
     except Exception as e:  # every failure is reported with the sample, not just label errors
-        return 0, f"{type(e).__name__}: {e}"
+        return Encoded(error=f"{type(e).__name__}: {e}")
+
+
+def count_sample(sample: dict, tokenizer, opts: LengthOptions) -> tuple[int, str | None]:
+    """(text-token count, None) or (0, error message) for one sample."""
+    enc = encode_sample(sample, tokenizer, opts)
+    return enc.count, enc.error
 
 
 @dataclass
-class _Counter:
+class _Encoder:
     tokenizer: Any
     opts: LengthOptions
 
-    def __call__(self, samples: list[dict]) -> list[tuple[int, str | None]]:
-        return [count_sample(s, self.tokenizer, self.opts) for s in samples]
+    def __call__(self, samples: list[dict]) -> list[Encoded]:
+        return [encode_sample(s, self.tokenizer, self.opts) for s in samples]
 
 
-def count_all(samples: list[dict], tokenizer, opts: LengthOptions, num_workers: int | None = None):
-    """Token counts and errors of all samples, in parallel for large files."""
+def count_all(
+    samples: list[dict], tokenizer, opts: LengthOptions, num_workers: int | None = None
+) -> list[Encoded]:
+    """Every sample encoded (ids, labels, count) or failed, in parallel for large files."""
     from tqdm import tqdm
 
-    counter = _Counter(tokenizer, opts)
+    encoder = _Encoder(tokenizer, opts)
     if num_workers is None:
         num_workers = min(os.cpu_count() or 1, 16)
     if len(samples) < PARALLEL_THRESHOLD or num_workers <= 1:
-        return [counter([s])[0] for s in tqdm(samples, desc="counting tokens", mininterval=5)]
+        return [encoder([s])[0] for s in tqdm(samples, desc="tokenising", mininterval=5)]
     import multiprocessing as mp
 
     chunk = max(1, min(2000, len(samples) // (num_workers * 4)))
     chunks = [samples[i : i + chunk] for i in range(0, len(samples), chunk)]
-    results: list[tuple[int, str | None]] = []
+    results: list[Encoded] = []
     with ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn")) as pool:
-        for part in tqdm(pool.map(counter, chunks), total=len(chunks), desc="counting tokens", mininterval=5):
+        for part in tqdm(pool.map(encoder, chunks), total=len(chunks), desc="tokenising", mininterval=5):
             results.extend(part)
     return results
 
@@ -149,6 +184,73 @@ def _write_atomic(path: Path, obj) -> None:
         raise
 
 
+@dataclass
+class TokenCache:
+    """What `load_or_build` returns: text-token counts, {index: error} and the tokens."""
+
+    lengths: list[int]
+    errors: dict[int, str]
+    tokens: TokenStore
+
+
+def _read(path: Path, key: str, n: int) -> TokenCache | None:
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        logger.warning("ignoring unreadable token cache %s (%s)", path, e)
+        return None
+    if cached.get("key") != key or len(cached.get("lengths", [])) != n:
+        return None
+    tokens_file = path.with_name(cached.get("tokens_file", ""))
+    offsets = cached.get("token_offsets")
+    if not cached.get("tokens_file") or offsets is None or not tokens_file.is_file():
+        return None
+    errors = {int(k): v for k, v in cached.get("errors", {}).items()}
+    return TokenCache(cached["lengths"], errors, TokenStore(tokens_file, offsets))
+
+
+def load_or_build(
+    data_path: str | os.PathLike,
+    samples: list[dict],
+    tokenizer,
+    opts: LengthOptions,
+    cache_dir: str | os.PathLike | None = None,
+) -> TokenCache:
+    """Counts, errors and tokens of `samples` from the cache; tokenising and caching on a miss.
+
+    When no cache folder is writable the tokens are kept in a temporary file for this process.
+    """
+    key = cache_key(data_path, tokenizer, opts)
+    candidates = [cache_path(data_path, key, cache_dir)]
+    if cache_dir is None:
+        candidates.append(cache_path(data_path, key, _fallback_dir()))
+    for path in candidates:
+        if path.is_file() and (found := _read(path, key, len(samples))) is not None:
+            logger.info("tokens of %d samples read from %s", len(samples), path)
+            return found
+    results = count_all(samples, tokenizer, opts)
+    lengths = [r.count for r in results]
+    errors = {i: r.error for i, r in enumerate(results) if r.error is not None}
+    encoded = [None if r.error is not None else (r.ids, r.labels) for r in results]
+    record = {"key": key, "data_path": str(data_path), "lengths": lengths, "errors": errors}
+    for path in candidates:
+        try:
+            return _write_cache(path, record, encoded)
+        except OSError as e:
+            logger.warning("cannot write the token cache to %s (%s)", path, e)
+    path = Path(tempfile.mkdtemp(prefix="llava-tokens-")) / candidates[0].name
+    logger.warning("token cache kept in %s for this run only", path.parent)
+    return _write_cache(path, record, encoded)
+
+
+def _write_cache(path: Path, record: dict, encoded) -> TokenCache:
+    tokens_file = path.with_name(path.name.replace(".lengths.json", ".tokens.npy"))
+    offsets = write_tokens(tokens_file, encoded)
+    _write_atomic(path, dict(record, tokens_file=tokens_file.name, token_offsets=offsets))
+    logger.info("tokens of %d samples cached in %s", len(encoded), path)
+    return TokenCache(record["lengths"], record["errors"], TokenStore(tokens_file, offsets))
+
+
 def load_or_compute(
     data_path: str | os.PathLike,
     samples: list[dict],
@@ -157,29 +259,5 @@ def load_or_compute(
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[list[int], dict[int, str]]:
     """(text-token count per sample, {index: error}) from the cache, computing and caching on a miss."""
-    key = cache_key(data_path, tokenizer, opts)
-    candidates = [cache_path(data_path, key, cache_dir)]
-    if cache_dir is None:
-        candidates.append(cache_path(data_path, key, _fallback_dir()))
-    for path in candidates:
-        if path.is_file():
-            try:
-                cached = json.loads(path.read_text())
-            except (OSError, ValueError) as e:
-                logger.warning("ignoring unreadable length cache %s (%s)", path, e)
-                continue
-            if cached.get("key") == key and len(cached.get("lengths", [])) == len(samples):
-                logger.info("token lengths of %d samples read from %s", len(samples), path)
-                return cached["lengths"], {int(k): v for k, v in cached.get("errors", {}).items()}
-    results = count_all(samples, tokenizer, opts)
-    lengths = [n for n, _ in results]
-    errors = {i: err for i, (_, err) in enumerate(results) if err is not None}
-    record = {"key": key, "data_path": str(data_path), "lengths": lengths, "errors": errors}
-    for path in candidates:
-        try:
-            _write_atomic(path, record)
-            logger.info("token lengths of %d samples cached in %s", len(samples), path)
-            break
-        except OSError as e:
-            logger.warning("cannot write the length cache to %s (%s)", path, e)
-    return lengths, errors
+    cache = load_or_build(data_path, samples, tokenizer, opts, cache_dir)
+    return cache.lengths, cache.errors

@@ -29,6 +29,7 @@ from .image_features import merge_crop_features
 from .multimodal_encoder.builder import build_vision_tower
 from .multimodal_inputs import splice_image_features
 from .multimodal_projector.builder import build_vision_projector
+from .packed_inputs import is_packed_batch, layout_for, splice_packed
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +255,28 @@ class LlavaMetaForCausalLM:
             positions = None
         return None, positions, mask, past_key_values, embeds, (new_labels if labels is not None else None)
 
+    def prepare_packed_inputs(
+        self, input_ids, position_ids, attention_mask, labels, images, image_sizes=None
+    ):
+        """The LLM's inputs for a packed batch (several samples per row, ``position_ids`` restarting at
+        each): a dict of ``inputs_embeds``, ``position_ids``, ``labels`` and, for flash-style attention,
+        the varlen kwargs. See llava.model.packed_inputs."""
+        features = None
+        if images is not None and self.get_vision_tower() is not None:
+            features = self.image_features(images, image_sizes)
+        out = splice_packed(
+            input_ids,
+            position_ids,
+            attention_mask,
+            labels,
+            features,
+            self.get_input_embeddings(),
+            layout=layout_for(getattr(self.config, "_attn_implementation", None)),
+        )
+        if labels is None:
+            out["labels"] = None
+        return out
+
     # ----- forward / generate -----
     def forward(
         self,
@@ -272,7 +295,17 @@ class LlavaMetaForCausalLM:
         **kwargs,
     ):
         cache = cache if cache is not None else past_key_values
-        if inputs_embeds is None:
+        if inputs_embeds is None and cache is None and is_packed_batch(position_ids, attention_mask):
+            packed = self.prepare_packed_inputs(
+                input_ids, position_ids, attention_mask, labels, images, image_sizes
+            )
+            inputs_embeds, position_ids, labels = (
+                packed.pop(k) for k in ("inputs_embeds", "position_ids", "labels")
+            )
+            input_ids = attention_mask = None
+            use_cache = False  # a cache would hide the packing from transformers' mask
+            kwargs.update(packed)
+        elif inputs_embeds is None:
             input_ids, position_ids, attention_mask, cache, inputs_embeds, labels = (
                 self.prepare_inputs_labels_for_multimodal(
                     input_ids, position_ids, attention_mask, cache, labels, images, image_sizes

@@ -110,6 +110,14 @@ class TrainingArguments(transformers.TrainingArguments):
     mm_projector_lr: Optional[float] = None
     mm_vision_tower_lr: Optional[float] = None
     group_by_modality_length: bool = field(default=False)
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Padding-free training: pack the samples of each step into rows of up to --model_max_length "
+            "tokens (image tokens counted), attention kept within each sample; the loss is normalised per "
+            "target token over the step, as unpacked. --per_device_train_batch_size still counts samples."
+        },
+    )
     # Flags transformers 5 removed or renamed, still used by existing launch scripts.
     evaluation_strategy: Optional[str] = field(
         default=None, metadata={"help": "Old name of --eval_strategy (still accepted)."}

@@ -1,7 +1,8 @@
 """LLaVATrainer: the HF Trainer plus LLaVA's sampler, optimizer groups and checkpoint contents.
 
 - Sampler: `--group_by_modality_length` (image and text-only batches apart) or `--group_by_length`,
-  both seeded and resumable (see llava.train.sampler).
+  both seeded and resumable (see llava.train.sampler); `--packing` packs each step's samples into
+  rows (llava.train.packed_sampler, llava.data.packing).
 - Optimizer: `--mm_projector_lr` / `--mm_vision_tower_lr` give the projector / vision tower their
   own learning rates (weight decay split as usual).
 - Checkpoints: stage 1 (`tune_mm_mlp_adapter`) writes `mm_projector.bin` (keys
@@ -60,6 +61,42 @@ class LLaVATrainer(Trainer):
             group_by_modality=by_modality,
             seed=seed,
         )
+
+    def get_train_dataloader(self):
+        """With --packing: micro-batches of packed rows from PackedBatchSampler, else the HF loader."""
+        if not getattr(self.args, "packing", False):
+            return super().get_train_dataloader()
+        from functools import partial
+
+        from torch.utils.data import DataLoader
+        from transformers.trainer_utils import seed_worker
+
+        from llava.train.packed_sampler import PackedBatchSampler
+
+        dataset = self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        by_modality = getattr(self.args, "group_by_modality_length", False)
+        sampler = PackedBatchSampler(
+            dataset.modality_lengths if by_modality else dataset.lengths,
+            batch_size=self.args.per_device_train_batch_size,
+            num_chunks=self.args.world_size * self.args.gradient_accumulation_steps,
+            capacity=self.processing_class.model_max_length,
+            group_by_modality=by_modality,
+            group_by_length=getattr(self.args, "group_by_length", False),
+            seed=seed,
+        )
+        workers = self.args.dataloader_num_workers
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
+            worker_init_fn=partial(seed_worker, num_workers=workers, rank=self.args.process_index),
+        )
+        return self.accelerator.prepare(loader)
 
     # ------------------------------------------------------------------ optimizer
     def _lr_of(self, name: str) -> float | None:

@@ -1,0 +1,128 @@
+"""Padding-free packing: samples concatenated into rows of at most `capacity` tokens.
+
+Lengths here are what the LLM sees (image tokens counted, clamped to `capacity`). Two greedy
+rules, used together:
+
+- `first_fit_decreasing` (the sampler, on a whole megabatch): longest sample first, each into the
+  first row with room. A sample that ended in row j did not fit the final slack of any row
+  i < j (it did not fit when it was placed, and rows only fill up afterwards).
+- `next_fit` (the collator, on one micro-batch in the order the sampler gave): start a new row when
+  the next sample does not fit. Because of the property above, next-fit over rows laid out one
+  after the other gives back exactly the rows first-fit-decreasing made, so the row plan needs
+  no side channel from the sampler to the collator.
+
+`collate_packed` builds the batch the model's packed path (llava.model.packed_inputs) expects:
+rows of token ids with `position_ids` restarting at 0 for every sample, `attention_mask` marking
+real tokens (pads at the end of a row), and each sample's first label set to IGNORE_INDEX so the
+last token of one sample never learns to predict the first token of the next (unpacked, that
+label is never a target either: causal-LM losses drop label 0 of every row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+
+def first_fit_decreasing(indices: Sequence[int], lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Rows of `indices` (each row's total length <= capacity), longest sample first, each into the
+    first row with room. Ties keep the order of `indices`. Rows come out in creation order."""
+    if capacity < 1:
+        raise ValueError(f"packing capacity must be >= 1, got {capacity}")
+    order = sorted(range(len(indices)), key=lambda k: -min(int(lengths[indices[k]]), capacity))
+    room = np.empty(len(indices), dtype=np.int64)
+    rows: list[list[int]] = []
+    for k in order:
+        size = min(int(lengths[indices[k]]), capacity)
+        fits = np.flatnonzero(room[: len(rows)] >= size)
+        if fits.size:
+            r = int(fits[0])
+        else:
+            r = len(rows)
+            rows.append([])
+            room[r] = capacity
+        rows[r].append(indices[k])
+        room[r] -= size
+    return rows
+
+
+def next_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Positions 0..n-1 cut into consecutive rows: a new row when the next one does not fit."""
+    rows: list[list[int]] = []
+    used = capacity + 1
+    for k, n in enumerate(lengths):
+        n = min(int(n), capacity)
+        if used + n > capacity:
+            rows.append([])
+            used = 0
+        rows[-1].append(k)
+        used += n
+    return rows
+
+
+def llm_length(input_ids: torch.Tensor, num_image_tokens: int) -> int:
+    """Tokens the LLM sees for one sample: each image placeholder becomes `num_image_tokens`."""
+    n_images = int((input_ids == IMAGE_TOKEN_INDEX).sum())
+    return int(input_ids.shape[0]) + n_images * (max(int(num_image_tokens), 1) - 1)
+
+
+def collate_packed(
+    instances: Sequence[dict], pad_id: int, capacity: int, num_image_tokens: int = 0
+) -> dict[str, torch.Tensor | list]:
+    """Pack `instances` (dataset items, already cut to fit `capacity`) into rows by `next_fit`.
+
+    Returns `input_ids`, `labels`, `attention_mask`, `position_ids` (all [rows, width]) and, when
+    the instances carry images, `images` holding only the real images in the order their
+    placeholders appear (row by row), or one dummy image when no sample of the batch has one, so
+    the vision modules stay in the graph (as the unpacked collator's zero images do).
+    """
+    ids = [torch.as_tensor(inst["input_ids"]) for inst in instances]
+    labels = [torch.as_tensor(inst["labels"]).clone() for inst in instances]
+    for n, (a, b) in enumerate(zip(ids, labels)):
+        if a.shape != b.shape:
+            raise ValueError(f"instance {n}: input_ids {tuple(a.shape)} and labels {tuple(b.shape)} differ")
+        if a.numel() == 0:
+            raise ValueError(f"instance {n} has no tokens")
+        b[0] = IGNORE_INDEX  # never predicted from the previous sample's last token
+    rows = next_fit([llm_length(x, num_image_tokens) for x in ids], capacity)
+    width = max(sum(len(ids[k]) for k in row) for row in rows)
+    shape = (len(rows), width)
+    batch_ids = torch.full(shape, pad_id, dtype=torch.long)
+    batch_labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros(shape, dtype=torch.bool)
+    positions = torch.zeros(shape, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for k in row:
+            n = len(ids[k])
+            batch_ids[r, at : at + n] = ids[k]
+            batch_labels[r, at : at + n] = labels[k]
+            positions[r, at : at + n] = torch.arange(n)
+            mask[r, at : at + n] = True
+            at += n
+        positions[r, at:] = torch.arange(width - at)  # pads: a segment of their own
+    batch = dict(input_ids=batch_ids, labels=batch_labels, attention_mask=mask, position_ids=positions)
+
+    if any(inst.get("image") is not None for inst in instances):
+        order = [k for row in rows for k in row]
+        real = [k for k in order if (ids[k] == IMAGE_TOKEN_INDEX).any()]
+        chosen = real or [next(k for k in order if instances[k].get("image") is not None)]
+        images = [instances[k]["image"] for k in chosen]
+        if any(img is None for img in images):
+            raise ValueError("a sample with an <image> placeholder carries no image")
+        same = all(x.shape == images[0].shape for x in images)
+        batch["images"] = torch.stack(images) if same else images
+        if all("image_size" in instances[k] for k in chosen):
+            batch["image_sizes"] = [tuple(instances[k]["image_size"]) for k in chosen]
+    return batch
+
+
+def row_fill(lengths: Sequence[int], capacity: int) -> float:
+    """Real tokens / (rows x widest row) when `lengths` are packed by `next_fit` in this order."""
+    rows = next_fit(lengths, capacity)
+    totals = [sum(min(int(lengths[k]), capacity) for k in row) for row in rows]
+    return sum(totals) / (len(rows) * max(totals))
