@@ -67,7 +67,7 @@ def draw_scene(scene: Scene, size: tuple[int, int], rng: random.Random) -> Image
     bg = tuple(rng.randint(225, 255) for _ in range(3))
     img = Image.new("RGB", size, bg)
     d = ImageDraw.Draw(img)
-    r = int(min(w, h) * rng.uniform(0.17, 0.23))
+    r = int(min(w, h) * rng.uniform(0.2, 0.25))
     col, row = (0 if "left" in scene.place else 1), (0 if "top" in scene.place else 1)
     cx = int(w * (0.25 + 0.5 * col) + rng.uniform(-0.05, 0.05) * w)
     cy = int(h * (0.25 + 0.5 * row) + rng.uniform(-0.05, 0.05) * h)
