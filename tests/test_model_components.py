@@ -15,7 +15,7 @@ from llava.model import (
 )
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector
-from tests.model_helpers import build_tiny_llava, images, prompt_ids
+from tests.model_helpers import build_tiny_llava, images, prompt_ids, vision_args
 
 
 def _cfg(**kw):
@@ -135,14 +135,7 @@ def test_any_causal_lm_via_llava_class_for_config(tiny_kit):
     assert cls.__name__ == "LlavaGPT2LMHeadModel" and llava_class_for_config({"model_type": "gpt2"}) is cls
     torch.manual_seed(0)
     model = cls(GPT2Config(vocab_size=500, n_embd=64, n_layer=2, n_head=4, n_positions=128))
-    model.get_model().initialize_vision_modules(
-        types.SimpleNamespace(
-            vision_tower=str(tiny_kit.vision),
-            mm_vision_select_layer=-2,
-            mm_vision_select_feature="patch",
-            mm_projector_type="mlp2x_gelu",
-        )
-    )
+    model.get_model().initialize_vision_modules(vision_args(tiny_kit))
     model.eval()
     assert model.get_model() is model.transformer
     ids = prompt_ids(1, 30, "IMG", 40, 50)

@@ -236,3 +236,64 @@ def make_tiny_kit(
     if not (vis_dir / "config.json").exists():
         make_tiny_clip(vis_dir, **(vision_kwargs or {}))
     return TinyKit(llm=llm_dir, vision=vis_dir, tokenizer=tok_dir)
+
+
+def llava_vision_args(kit: TinyKit, **overrides):
+    """The vision flags training passes to `initialize_vision_modules`, for the kit's tower (LLaVA-1.5 values)."""
+    from types import SimpleNamespace
+
+    args = dict(
+        vision_tower=str(kit.vision),
+        mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch",
+        mm_projector_type="mlp2x_gelu",
+        mm_patch_merge_type="flat",
+        pretrain_mm_mlp_adapter=None,
+        mm_use_im_start_end=False,
+        mm_use_im_patch_token=False,
+        tune_mm_mlp_adapter=False,
+    )
+    args.update(overrides)
+    return SimpleNamespace(**args)
+
+
+def build_tiny_llava(
+    kit: TinyKit, cls=None, seed: int = 0, llm_path=None, projector_scale: float = 1.0, **overrides
+):
+    """A LLaVA model from the kit's plain LLM, its vision modules initialised as training does.
+
+    `projector_scale` multiplies the random projector's weights (a random projector maps to tiny vectors;
+    tests scale it up so that images change the logits visibly).
+    """
+    from llava.model import LlavaLlamaForCausalLM
+
+    cls = cls or LlavaLlamaForCausalLM
+    model = cls.from_pretrained(llm_path or kit.llm, dtype=torch.float32)
+    torch.manual_seed(seed)
+    model.get_model().initialize_vision_modules(llava_vision_args(kit, **overrides))
+    if projector_scale != 1.0:
+        with torch.no_grad():
+            for p in model.get_model().mm_projector.parameters():
+                p.mul_(projector_scale)
+    return model.eval()
+
+
+def save_tiny_llava(
+    kit: TinyKit, out_dir: str | os.PathLike, image_aspect_ratio: str = "pad", **kwargs
+) -> Path:
+    """A tiny LLaVA-1.5-style checkpoint folder (original format + tokenizer); reused if present."""
+    from transformers import AutoTokenizer
+
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        return out
+    model = build_tiny_llava(kit, **kwargs)
+    # As a released LLaVA-1.5 checkpoint's config.json says.
+    model.config.image_aspect_ratio = image_aspect_ratio
+    model.config.mm_use_im_start_end = False
+    model.config.mm_use_im_patch_token = False
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(kit.llm).save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
