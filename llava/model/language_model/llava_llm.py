@@ -97,7 +97,7 @@ def llava_model_type(config) -> str | None:
             return "llava_llama"
         raise ValueError(
             "this is a llava-hf (LlavaForConditionalGeneration) checkpoint; convert it to the original format "
-            "with `python -m llava.model.hf_format import --hf-path ... --out ...` or load it with "
+            "with `python -m llava.model.convert_hf --from-hf --model-path ... --output ...` or load it with "
             "llava.model.builder.load_pretrained_model"
         )
     return _ALIASES.get(model_type)
