@@ -187,6 +187,26 @@ def test_left_padded_batch_is_not_taken_for_packed():
     assert is_packed_batch(torch.tensor([[0, 1, 0, 1, 2]]), torch.ones(1, 5))
 
 
+def test_torch_varlen_kernel_called_as_each_pytorch_version_expects():
+    """The CUDA kernel cannot run here: fakes with the 2.10 and the 2.11+ signatures check the call."""
+    from llava.model.varlen_attention import _segment_attention, call_kernel
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(9, 2, 8, generator=g) for _ in range(3))
+    cu = torch.tensor([0, 4, 9])
+    expected = _segment_attention(q, k, v, cu, 0.3, causal=True)
+
+    def new_style(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)):
+        assert cu_q.dtype == torch.int32 and max_q == 5 and window_size == (-1, 0)
+        return _segment_attention(q, k, v, cu_q, scale, causal=window_size == (-1, 0))
+
+    def old_style(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):
+        return _segment_attention(q, k, v, cu_q, q.shape[-1] ** -0.5, causal=is_causal)
+
+    for kernel in (new_style, old_style):
+        torch.testing.assert_close(call_kernel(kernel, q, k, v, cu, 5, 0.3, True), expected)
+
+
 # ------------------------------------------------------------------ bin packing and the sampler
 def test_first_fit_decreasing_hand_checked_and_next_fit_recovers_its_rows():
     lengths = [5, 9, 3, 7, 2, 6]
@@ -194,6 +214,14 @@ def test_first_fit_decreasing_hand_checked_and_next_fit_recovers_its_rows():
     assert rows == [[1], [3, 2], [5, 4], [0]]  # 9 | 7+3 | 6+2 | 5
     laid_out = [i for row in rows for i in row]
     assert next_fit([lengths[i] for i in laid_out], 10) == [[0], [1, 2], [3, 4], [5]]
+
+
+def test_deal_rows_balances_tokens_or_keeps_similar_rows_together():
+    from llava.train.packed_sampler import deal_rows
+
+    rows, lengths = [[0], [1], [2], [3]], [10, 40, 30, 20]
+    assert deal_rows(rows, lengths, 2, 100, layout="flat") == [[0, 1], [2, 3]]  # 50 and 50 tokens
+    assert deal_rows(rows, lengths, 2, 100, layout="rows") == [[1, 2], [0, 3]]  # widest 40, then 20
 
 
 def test_packed_sampler_steps_hold_the_unpacked_steps_samples():
@@ -341,23 +369,24 @@ def test_fast_image_path_equals_process_images(processor):
 
 # ------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_train_with_packing_runs_and_loss_goes_down(tmp_path_factory, tmp_path):
-    from tests.test_train import Probe, run, stage2_args, train_kit
+def test_train_with_packing_both_stages_loss_goes_down(tmp_path_factory, tmp_path):
+    from tests.test_train import Probe, run, stage1_args, stage2_args, train_kit
 
     kit = train_kit(tmp_path_factory)
-    probe = Probe()
+    packed = "--packing True --model_max_length 1024"
+    probes = Probe(), Probe()
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        run(stage1_args(kit, tmp_path / "s1", extra=f"--num_train_epochs 2 {packed}"), [probes[0]])
+        adapter = tmp_path / "s1" / "mm_projector.bin"
         trainer = run(
-            stage2_args(
-                kit, tmp_path / "packed", extra="--num_train_epochs 3 --packing True --model_max_length 1024"
-            ),
-            [probe],
+            stage2_args(kit, tmp_path / "s2", adapter, extra=f"--num_train_epochs 3 {packed}"), [probes[1]]
         )
     finally:
         torch.set_num_threads(before)
-    assert probe.losses[1] < probe.losses[0] - 0.05, probe.losses
+    for probe in probes:
+        assert probe.losses[1] < probe.losses[0] - 0.05, probe.losses
     batch = next(iter(trainer.get_train_dataloader()))
     assert "position_ids" in batch and batch["input_ids"].shape[0] < 4  # 4 samples in fewer rows
     assert is_packed_batch(batch["position_ids"], batch["attention_mask"])

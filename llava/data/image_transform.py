@@ -86,14 +86,9 @@ class ImageTransform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """[3, H, W] float32 pixels of an RGB PIL image."""
         if self.pad_to_square and image.width != image.height:
-            side = max(image.width, image.height)
-            square = Image.new(image.mode, (side, side), self.background)
-            square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-            image = square
-        if self.resize is not None:
-            kind, value = self.resize
-            h, w = resized_shape(image.height, image.width, value) if kind == "shortest_edge" else value
-            image = image.resize((w, h), resample=self.resample)
+            image = self._padded_and_resized(image)
+        elif self.resize is not None:
+            image = image.resize(self._target(image.width, image.height), resample=self.resample)
         pixels = np.asarray(image)
         if self.crop is not None:
             pixels = _center_crop(pixels, *self.crop)
@@ -101,6 +96,32 @@ class ImageTransform:
         for c in range(3):
             np.take(self.lut[c], pixels[:, :, c], out=out[c])
         return torch.from_numpy(out)
+
+    def _target(self, width: int, height: int) -> tuple[int, int]:
+        kind, value = self.resize
+        h, w = resized_shape(height, width, value) if kind == "shortest_edge" else value
+        return w, h
+
+    def _padded_and_resized(self, image: Image.Image) -> Image.Image:
+        """expand2square, then the resize. PIL resizes in two passes, horizontal then vertical, with
+        an 8-bit image between them; for a landscape image the horizontal pass of the background
+        bands is a constant, so only the picture's rows go through it (the same pixels, ~20% less
+        work). Portrait images take the plain path."""
+        w, h = image.size
+        side = max(w, h)
+        if self.resize is None or w < h:
+            square = Image.new(image.mode, (side, side), self.background)
+            square.paste(image, ((side - w) // 2, (side - h) // 2))
+            return (
+                square
+                if self.resize is None
+                else square.resize(self._target(side, side), resample=self.resample)
+            )
+        out_w, out_h = self._target(side, side)
+        band = Image.new(image.mode, (side, 1), self.background).resize((out_w, 1), resample=self.resample)
+        between = Image.new(image.mode, (out_w, side), band.getpixel((0, 0)))
+        between.paste(image.resize((out_w, h), resample=self.resample), (0, (side - h) // 2))
+        return between.resize((out_w, out_h), resample=self.resample)
 
 
 def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -63,11 +63,20 @@ def _segment_attention(q, k, v, cu: torch.Tensor, scale: float, causal: bool) ->
 
 def _varlen(q, k, v, cu: torch.Tensor, max_len: int, scale: float, causal: bool) -> torch.Tensor:
     """Attention within the segments of `cu` for [T, H, D] tensors (k/v heads already repeated)."""
-    kernel = varlen_kernel()
-    if kernel is None or not q.is_cuda:
+    kernel = varlen_kernel() if q.is_cuda else None
+    if kernel is None:
         return _segment_attention(q, k, v, cu, scale, causal)
+    return call_kernel(kernel, q, k, v, cu, max_len, scale, causal)
+
+
+def call_kernel(kernel, q, k, v, cu: torch.Tensor, max_len: int, scale: float, causal: bool) -> torch.Tensor:
+    """`kernel` (varlen_attn) called with the arguments its PyTorch version takes."""
     params = inspect.signature(kernel).parameters
-    kwargs = {"scale": scale}
+    kwargs = {}
+    if "scale" in params:
+        kwargs["scale"] = scale
+    elif abs(scale - q.shape[-1] ** -0.5) > 1e-12:  # torch 2.10 scales by 1/sqrt(head_dim) only
+        q = q * (scale * q.shape[-1] ** 0.5)
     if "window_size" in params:  # torch >= 2.11
         kwargs["window_size"] = (-1, 0) if causal else (-1, -1)
     else:  # torch 2.10

@@ -45,6 +45,18 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def _worker_init(num_workers: int, rank: int):
+    """transformers' DataLoader worker seeding (its signature grew `num_workers`/`rank` in 5.x)."""
+    import inspect
+    from functools import partial
+
+    from transformers.trainer_utils import seed_worker
+
+    if "num_workers" in inspect.signature(seed_worker).parameters:
+        return partial(seed_worker, num_workers=num_workers, rank=rank)
+    return seed_worker
+
+
 class LLaVATrainer(Trainer):
     # ------------------------------------------------------------------ sampler
     def _get_train_sampler(self, train_dataset=None):
@@ -66,11 +78,9 @@ class LLaVATrainer(Trainer):
         """With --packing: micro-batches of packed rows from PackedBatchSampler, else the HF loader."""
         if not getattr(self.args, "packing", False):
             return super().get_train_dataloader()
-        from functools import partial
-
         from torch.utils.data import DataLoader
-        from transformers.trainer_utils import seed_worker
 
+        from llava.model.packed_inputs import layout_for
         from llava.train.packed_sampler import PackedBatchSampler
 
         dataset = self.train_dataset
@@ -84,6 +94,7 @@ class LLaVATrainer(Trainer):
             group_by_modality=by_modality,
             group_by_length=getattr(self.args, "group_by_length", False),
             seed=seed,
+            layout=layout_for(getattr(getattr(self.model, "config", None), "_attn_implementation", None)),
         )
         workers = self.args.dataloader_num_workers
         loader = DataLoader(
@@ -94,7 +105,7 @@ class LLaVATrainer(Trainer):
             pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
             prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
-            worker_init_fn=partial(seed_worker, num_workers=workers, rank=self.args.process_index),
+            worker_init_fn=_worker_init(workers, self.args.process_index),
         )
         return self.accelerator.prepare(loader)
 

@@ -25,21 +25,33 @@ from llava.train.sampler import _generator, length_grouped_indices, modality_len
 
 
 def deal_rows(
-    rows: list[list[int]], lengths: Sequence[int], num_chunks: int, capacity: int
+    rows: list[list[int]], lengths: Sequence[int], num_chunks: int, capacity: int, layout: str = "flat"
 ) -> list[list[int]]:
-    """Split `rows` (in creation order) into `num_chunks` micro-batches of ⌊R/C⌋ or ⌈R/C⌉ rows each,
-    largest rows first to the micro-batch with the fewest tokens; rows keep creation order inside a
-    micro-batch (what `next_fit` needs to recover them)."""
+    """Split `rows` (in creation order) into `num_chunks` micro-batches of ⌊R/C⌋ or ⌈R/C⌉ rows each.
+
+    layout "flat" (samples end to end, compute follows tokens): largest row first to the
+    micro-batch with the fewest tokens. layout "rows" ([rows, widest row], compute follows the
+    widest row): rows of similar length together, so little is padded. Rows keep creation order
+    inside a micro-batch (what `next_fit` needs to recover them).
+    """
+    if layout not in ("flat", "rows"):
+        raise ValueError(f"layout must be 'flat' or 'rows', got {layout!r}")
     totals = [sum(min(int(lengths[i]), capacity) for i in row) for row in rows]
     per_chunk, extra = divmod(len(rows), num_chunks)
     limit = [per_chunk + (1 if c < extra else 0) for c in range(num_chunks)]
+    by_size = sorted(range(len(rows)), key=lambda r: -totals[r])
     chosen: list[list[int]] = [[] for _ in range(num_chunks)]
-    heap = [(0, c) for c in range(num_chunks) if limit[c] > 0]
-    for r in sorted(range(len(rows)), key=lambda r: -totals[r]):
-        total, c = heapq.heappop(heap)
-        chosen[c].append(r)
-        if len(chosen[c]) < limit[c]:
-            heapq.heappush(heap, (total + totals[r], c))
+    if layout == "rows":
+        start = 0
+        for c in range(num_chunks):
+            chosen[c], start = by_size[start : start + limit[c]], start + limit[c]
+    else:
+        heap = [(0, c) for c in range(num_chunks) if limit[c] > 0]
+        for r in by_size:
+            total, c = heapq.heappop(heap)
+            chosen[c].append(r)
+            if len(chosen[c]) < limit[c]:
+                heapq.heappush(heap, (total + totals[r], c))
     return [[i for r in sorted(rs) for i in rows[r]] for rs in chosen]
 
 
@@ -48,6 +60,8 @@ class PackedBatchSampler:
 
     `lengths`: tokens the LLM sees per sample (image tokens counted); with
     `group_by_modality=True` signed (> 0 image samples, < 0 text-only), as for LengthGroupedSampler.
+    `layout`: how the model lays packed rows out (llava.model.packed_inputs.layout_for), which
+    decides how rows are dealt to micro-batches (see `deal_rows`).
     """
 
     def __init__(
@@ -59,6 +73,7 @@ class PackedBatchSampler:
         group_by_modality: bool = False,
         group_by_length: bool = False,
         seed: int = 0,
+        layout: str = "flat",
     ):
         if batch_size < 1 or num_chunks < 1:
             raise ValueError(f"batch_size ({batch_size}) and num_chunks ({num_chunks}) must be >= 1")
@@ -74,6 +89,7 @@ class PackedBatchSampler:
         self.group_by_modality = group_by_modality
         self.group_by_length = group_by_length
         self.seed = int(seed)
+        self.layout = layout
         self.epoch = 0
 
     @property
@@ -118,7 +134,8 @@ class PackedBatchSampler:
         out: list[list[int]] = []
         for start in range(0, len(order), self.megabatch_size):
             mega = order[start : start + self.megabatch_size]
-            out.extend(deal_rows(self._rows(mega, order), self.sizes, self.num_chunks, self.capacity))
+            rows = self._rows(mega, order)
+            out.extend(deal_rows(rows, self.sizes, self.num_chunks, self.capacity, self.layout))
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
