@@ -5,8 +5,8 @@ every sample's input ids and labels. Both come from rendering and tokenising eve
 exactly as training does (through `llava.data.preprocess.preprocess`), which also finds samples
 whose labels cannot be built before hours of training are spent. For 665K samples that takes
 minutes, so it is done once and cached, keyed by the data file (path, size, mtime), the tokenizer
-(its full serialisation), the template, `mm_use_im_start_end` and `model_max_length`; any change
-gives a new cache. Two files per key:
+(its full serialisation), the template, `mm_use_im_start_end`, `model_max_length` and the source of
+the rendering code (templates, preprocess, mm_utils); any change gives a new cache. Two files per key:
 
 - `<data file>.<key>.tokens.npy`: all samples' ids end to end, one integer per token (uint16 when
   the vocabulary allows, else uint32): the id, the top bit set when the token is a target
@@ -81,8 +81,22 @@ def cache_key(data_path: str | os.PathLike, tokenizer, opts: LengthOptions) -> s
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "model_max_length": int(tokenizer.model_max_length),
         "opts": [opts.conv_version, opts.mm_use_im_start_end, opts.is_multimodal],
+        "code": code_fingerprint(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def code_fingerprint() -> str:
+    """A hash of the code that renders and tokenises samples (templates, label building), so a
+    changed template or label rule never reads tokens cached by the old code."""
+    import llava.conversation
+    import llava.data.preprocess
+    import llava.mm_utils
+
+    h = hashlib.sha256()
+    for module in (llava.conversation, llava.data.preprocess, llava.mm_utils):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()
 
 
 def cache_path(data_path: str | os.PathLike, key: str, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -88,9 +88,11 @@ class LLaVATrainer(Trainer):
         by_modality = getattr(self.args, "group_by_modality_length", False)
         sampler = PackedBatchSampler(
             dataset.modality_lengths if by_modality else dataset.lengths,
-            batch_size=self.args.per_device_train_batch_size,
+            batch_size=self.args.train_batch_size,
             num_chunks=self.args.world_size * self.args.gradient_accumulation_steps,
-            capacity=self.processing_class.model_max_length,
+            capacity=(
+                getattr(self.data_collator, "tokenizer", None) or self.processing_class
+            ).model_max_length,
             group_by_modality=by_modality,
             group_by_length=getattr(self.args, "group_by_length", False),
             seed=seed,

@@ -75,6 +75,10 @@ def load_llm(model_args, training_args, attn_implementation: str | None):
     cls = llava_class_for_config(config)
     kwargs = _quantization_kwargs(training_args, compute_dtype(training_args))
     if attn_implementation is not None:
+        if attn_implementation == "torch_varlen":  # PyTorch's flash varlen kernel, see varlen_attention
+            from llava.model.varlen_attention import register_varlen_attention
+
+            register_varlen_attention()
         kwargs["attn_implementation"] = attn_implementation
     return cls.from_pretrained(
         model_args.model_name_or_path,
