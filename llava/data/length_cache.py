@@ -112,11 +112,12 @@ def _fallback_dir() -> Path:
 
 @dataclass
 class Encoded:
-    """One sample as training tokenises it: ids (IMAGE_TOKEN_INDEX for image placeholders) and
-    labels as int64 arrays, or the reason it cannot be used."""
+    """One sample as training tokenises it: `ids` (int32, IMAGE_TOKEN_INDEX for image placeholders)
+    and `targets` (bool: the label is the id, else IGNORE_INDEX), or the reason it cannot be used.
+    Compact because a large file's samples are all held once while the cache is written."""
 
     ids: Any = None
-    labels: Any = None
+    targets: Any = None
     error: str | None = None
 
     @property
@@ -131,6 +132,7 @@ def encode_sample(sample: dict, tokenizer, opts: LengthOptions) -> Encoded:
     """`sample` rendered and tokenised exactly as training does (cut at model_max_length)."""
     import numpy as np
 
+    from llava.constants import IGNORE_INDEX
     from llava.data.preprocess import SampleError, preprocess, preprocess_multimodal
 
     try:
@@ -139,13 +141,15 @@ def encode_sample(sample: dict, tokenizer, opts: LengthOptions) -> Encoded:
         if has_image:
             sources = preprocess_multimodal(sources, opts.as_data_args(), conv=opts.conv_version)
         out = preprocess(sources, tokenizer, has_image=has_image, conv=opts.conv_version)
-        return Encoded(
-            out["input_ids"][0].numpy().astype(np.int64), out["labels"][0].numpy().astype(np.int64)
-        )
+        ids, labels = out["input_ids"][0].numpy(), out["labels"][0].numpy()
     except SampleError as e:
         return Encoded(error=e.reason)
     except Exception as e:  # every failure is reported with the sample, not just label errors
         return Encoded(error=f"{type(e).__name__}: {e}")
+    targets = labels != IGNORE_INDEX
+    if not (labels[targets] == ids[targets]).all():
+        raise ValueError("preprocess gave a label that is not its input id; the token cache cannot hold it")
+    return Encoded(ids.astype(np.int32), targets)
 
 
 def count_sample(sample: dict, tokenizer, opts: LengthOptions) -> tuple[int, str | None]:
@@ -166,7 +170,7 @@ class _Encoder:
 def count_all(
     samples: list[dict], tokenizer, opts: LengthOptions, num_workers: int | None = None
 ) -> list[Encoded]:
-    """Every sample encoded (ids, labels, count) or failed, in parallel for large files."""
+    """Every sample encoded (ids, targets, count) or failed, in parallel for large files."""
     from tqdm import tqdm
 
     encoder = _Encoder(tokenizer, opts)
@@ -245,7 +249,7 @@ def load_or_build(
     results = count_all(samples, tokenizer, opts)
     lengths = [r.count for r in results]
     errors = {i: r.error for i, r in enumerate(results) if r.error is not None}
-    encoded = [None if r.error is not None else (r.ids, r.labels) for r in results]
+    encoded = [None if r.error is not None else (r.ids, r.targets) for r in results]
     record = {"key": key, "data_path": str(data_path), "lengths": lengths, "errors": errors}
     for path in candidates:
         try:

@@ -29,12 +29,12 @@ def _dtype_for(max_id: int):
     raise ValueError(f"token id {max_id} is too large for the token cache")
 
 
-def encode(ids: np.ndarray, labels: np.ndarray, dtype) -> np.ndarray:
-    """Flagged integers for one sample (see the module docstring)."""
+def encode(ids: np.ndarray, targets: np.ndarray, dtype) -> np.ndarray:
+    """Flagged integers for one sample (see the module docstring); `targets`: bool per token."""
     bits = np.iinfo(dtype).bits
     flag, image = 1 << (bits - 1), (1 << (bits - 1)) - 1
     out = np.where(ids == IMAGE_TOKEN_INDEX, image, ids).astype(np.int64)
-    out |= np.where(labels != IGNORE_INDEX, flag, 0)
+    out |= np.where(targets, flag, 0)
     return out.astype(dtype)
 
 
@@ -51,7 +51,7 @@ def decode(flagged: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def write_tokens(path: Path, samples: Sequence[tuple[np.ndarray, np.ndarray] | None]) -> list[int]:
-    """Write the token array of `samples` ((ids, labels) or None for a failed one) to `path`
+    """Write the token array of `samples` ((ids, targets) or None for a failed one) to `path`
     atomically; returns the offsets (len(samples) + 1)."""
     max_id = max((int(s[0].max()) for s in samples if s is not None and s[0].size), default=0)
     dtype = _dtype_for(max_id)
