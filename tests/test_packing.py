@@ -390,3 +390,31 @@ def test_train_with_packing_both_stages_loss_goes_down(tmp_path_factory, tmp_pat
     batch = next(iter(trainer.get_train_dataloader()))
     assert "position_ids" in batch and batch["input_ids"].shape[0] < 4  # 4 samples in fewer rows
     assert is_packed_batch(batch["position_ids"], batch["attention_mask"])
+
+
+@pytest.mark.slow
+def test_trainer_step_packed_equals_unpacked(tmp_path_factory, tmp_path):
+    """Through LLaVATrainer (2 micro-batches accumulated, num_items_in_batch): one SGD step on the
+    same samples gives the same weights packed and unpacked."""
+    from tests.test_train import run, stage2_args, train_kit
+
+    kit = train_kit(tmp_path_factory)
+    common = (
+        "--max_steps 1 --optim sgd --learning_rate 0.5 --per_device_train_batch_size 2 "
+        "--gradient_accumulation_steps 2 --model_max_length 1024 --save_strategy no"
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plain = run(stage2_args(kit, tmp_path / "plain", extra=common)).model
+        packed = run(stage2_args(kit, tmp_path / "packed", extra=common + " --packing True")).model
+    finally:
+        torch.set_num_threads(before)
+    from safetensors.torch import load_file
+
+    initial = load_file(str(kit.llm / "model.safetensors"))["lm_head.weight"]
+    assert (plain.lm_head.weight - initial).abs().max() > 1e-3  # the step did move the weights
+    plain_state, packed_state = plain.state_dict(), packed.state_dict()
+    assert any("mm_projector" in name for name in plain_state)
+    for name, value in plain_state.items():
+        torch.testing.assert_close(packed_state[name], value, atol=1e-6, rtol=0, msg=name)
