@@ -310,6 +310,16 @@ def test_train_mem_falls_back_to_sdpa_and_says_so(capsys, monkeypatch):
     assert pick_attn_implementation() == "sdpa"
     assert "falling back to PyTorch SDPA" in capsys.readouterr().out
 
+    # A CUDA GPU without flash-attn: PyTorch's own varlen kernel, when this torch ships it.
+    from llava.model import varlen_attention
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: object())
+    assert pick_attn_implementation() == "torch_varlen"
+    assert "falling back to PyTorch's flash varlen kernel" in capsys.readouterr().out
+    monkeypatch.setattr(varlen_attention, "varlen_kernel", lambda: None)
+    assert pick_attn_implementation() == "sdpa"
+
 
 def test_cpu_workaround_is_a_no_op_with_an_accelerator(monkeypatch):
     from llava.train import cpu_distributed
