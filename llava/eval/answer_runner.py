@@ -233,7 +233,8 @@ def add_runner_args(parser: argparse.ArgumentParser, *, question_file: str, conv
     parser.add_argument(
         "--batch-size", type=int, default=1, help="questions generated together (left-padded)"
     )
-    parser.add_argument("--num-workers", type=int, default=num_workers, help="image loading processes")
+    parser.add_argument("--num-workers", type=int, default=min(num_workers, os.cpu_count() or 1),
+                        help=f"image loading processes (default {num_workers}, at most the CPU count)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     parser.add_argument("--device", type=str, default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto",
