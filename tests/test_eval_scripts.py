@@ -42,11 +42,14 @@ def commands(script: Path):
         yield (target if module else None), path, re.findall(r"(?<![\w-])(--[\w-]+)", rest)
 
 
+HELPERS = ["sharded_answers"]  # shared by vqav2.sh, gqa.sh and seed.sh
+
+
 def test_one_script_per_benchmark():
-    assert sorted(p.stem for p in SCRIPTS.glob("*.sh")) == sorted(BENCHMARKS)
+    assert sorted(p.stem for p in SCRIPTS.glob("*.sh")) == sorted(BENCHMARKS + HELPERS)
 
 
-@pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.parametrize("name", BENCHMARKS + HELPERS)
 def test_script_syntax_and_commands(name):
     script = SCRIPTS / f"{name}.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
@@ -62,3 +65,45 @@ def test_script_syntax_and_commands(name):
             source += "".join((REPO / home).read_text() for home in PARSER_HOMES)
         for flag in flags:
             assert f'"{flag}"' in source, f"{name}.sh passes {flag} to {path}, which does not define it"
+
+
+FAKE_PYTHON = """#!/bin/bash
+# stands in for `python -m llava.eval.model_vqa_loader`: one line naming its shard
+while [ $# -gt 0 ]; do
+  case $1 in --answers-file) out=$2; shift;; --chunk-idx) k=$2; shift;; esac; shift
+done
+[ -n "${FAIL_SHARD:-}" ] && [ "$k" = "$FAIL_SHARD" ] && exit 3
+echo "{\\"shard\\": $k, \\"gpu\\": \\"$CUDA_VISIBLE_DEVICES\\"}" > "$out"
+"""
+
+
+def _run_sharded(tmp_path, **env):
+    import json
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    out = tmp_path / "answers"
+    res = subprocess.run(
+        ["bash", str(SCRIPTS / "sharded_answers.sh"), "model", "q.jsonl", "images", str(out)],
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", **env},
+        capture_output=True,
+        text=True,
+    )
+    merged = out / "merge.jsonl"
+    rows = [json.loads(line) for line in merged.read_text().splitlines()] if merged.exists() else None
+    return res, rows
+
+
+def test_sharded_answers_merges_one_shard_per_gpu_in_order(tmp_path):
+    res, rows = _run_sharded(tmp_path, CUDA_VISIBLE_DEVICES="4,5,6")
+    assert res.returncode == 0, res.stderr
+    assert rows == [{"shard": 0, "gpu": "4"}, {"shard": 1, "gpu": "5"}, {"shard": 2, "gpu": "6"}]
+
+
+def test_sharded_answers_does_not_merge_after_a_failed_shard(tmp_path):
+    res, rows = _run_sharded(tmp_path, CUDA_VISIBLE_DEVICES="0,1", FAIL_SHARD="1")
+    assert res.returncode == 1 and "shard failed" in res.stderr
+    assert rows is None

@@ -10,36 +10,14 @@
 # Output: answers/$CKPT/merge.jsonl, answers_upload/llava-v1.5-13b.jsonl, printed accuracies.
 set -e
 
-gpu_list="${CUDA_VISIBLE_DEVICES:-0}"
-IFS=',' read -ra GPULIST <<< "$gpu_list"
-
-CHUNKS=${#GPULIST[@]}
-
 CKPT="llava-v1.5-13b"
 
-for IDX in $(seq 0 $((CHUNKS-1))); do
-    CUDA_VISIBLE_DEVICES=${GPULIST[$IDX]} python -m llava.eval.model_vqa_loader \
-        --model-path liuhaotian/llava-v1.5-13b \
-        --question-file ./playground/data/eval/seed_bench/llava-seed-bench.jsonl \
-        --image-folder ./playground/data/eval/seed_bench \
-        --answers-file ./playground/data/eval/seed_bench/answers/$CKPT/${CHUNKS}_${IDX}.jsonl \
-        --num-chunks $CHUNKS \
-        --chunk-idx $IDX \
-        --temperature 0 \
-        --conv-mode vicuna_v1 &
-done
-
-wait
+bash scripts/v1_5/eval/sharded_answers.sh liuhaotian/llava-v1.5-13b \
+    ./playground/data/eval/seed_bench/llava-seed-bench.jsonl \
+    ./playground/data/eval/seed_bench \
+    ./playground/data/eval/seed_bench/answers/$CKPT
 
 output_file=./playground/data/eval/seed_bench/answers/$CKPT/merge.jsonl
-
-# Clear out the output file if it exists.
-> "$output_file"
-
-# Loop through the indices and concatenate each file.
-for IDX in $(seq 0 $((CHUNKS-1))); do
-    cat ./playground/data/eval/seed_bench/answers/$CKPT/${CHUNKS}_${IDX}.jsonl >> "$output_file"
-done
 
 # Evaluate
 python scripts/convert_seed_for_submission.py \
