@@ -24,6 +24,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from llava.eval.files import atomic_write_text
+
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -102,13 +104,10 @@ def _finetune_sample(sid: str, image: str, scene: Scene, rng: random.Random) -> 
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        if path.suffix == ".jsonl":
-            f.writelines(json.dumps(o) + "\n" for o in obj)
-        else:
-            json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    if path.suffix == ".jsonl":
+        atomic_write_text(path, "".join(json.dumps(o) + "\n" for o in obj))
+    else:
+        atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def generate(
