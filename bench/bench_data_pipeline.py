@@ -12,8 +12,12 @@ openai/clip-vit-large-patch14-336, built from its config), model_max_length 2048
   conversation, move <image> to the front, PIL open, expand2square with the mean colour,
   CLIPImageProcessor.preprocess, then preprocess_v1: render the conversation, tokenise it with
   tokenizer_image_token, and tokenise every round and its instruction again to mask the targets.
-- project: LazySupervisedDataset after prepare(): ids and labels read from the memory-mapped
-  token cache, the image decoded, padded, resized and normalised in one pass (ImageTransform).
+- project: LazySupervisedDataset after prepare(), as the trainer sets it up: ids and labels read
+  from the memory-mapped token cache, the image decoded, padded and resized in one pass
+  (ImageTransform.levels) and sent as uint8; the vision tower normalises on its device (a table
+  lookup, timed here on this CPU for a batch of 16 and reported on its own).
+- project, float32: the same dataset normalising on the CPU (data_args.uint8_images False), for
+  reference.
 
 Both are timed in this process and through a DataLoader with --workers worker processes that also
 collate batches of 16 (as the trainer loads data); best of two passes each. The one-off
@@ -196,10 +200,15 @@ def main(argv=None) -> None:
             data_path=str(data_path), image_folder=str(images), image_aspect_ratio="pad"
         )
         data_args.is_multimodal, data_args.image_processor, data_args.num_image_tokens = True, processor, 576
+        data_args.uint8_images = True  # as model_setup.setup_vision sets it for training
         ours = LazySupervisedDataset(str(data_path), tokenizer, data_args, conv_version="v1")
         t0 = time.perf_counter()
         ours.prepare()
         cache_s = time.perf_counter() - t0
+        float_args = copy.copy(data_args)
+        float_args.uint8_images = False
+        ours_float = LazySupervisedDataset(str(data_path), tokenizer, float_args, conv_version="v1")
+        ours_float.prepare()
         baseline = OriginalStyleDataset(ours.list_data_dict, str(images), tokenizer, processor)
         n_img = sum("image" in s for s in ours.list_data_dict)
         print(
@@ -211,11 +220,37 @@ def main(argv=None) -> None:
         for workers in (0, args.workers):
             mine = timed(ours, workers, collate)
             base = timed(baseline, workers, collate)
-            rows.append((workers, base, mine))
-    print(f"\n{'loader':22s} {'original-style':>15s} {'this project':>13s} {'ratio':>6s}")
-    for workers, base, mine in rows:
+            floats = timed(ours_float, workers, collate)
+            rows.append((workers, base, mine, floats))
+        device_ms = normalise_ms(ours, collate)
+    print(
+        f"\n{'loader':22s} {'original-style':>15s} {'this project':>13s} {'ratio':>6s} "
+        f"{'project, float32':>17s} {'ratio':>6s}"
+    )
+    for workers, base, mine, floats in rows:
         where = "this process" if workers == 0 else f"{workers} DataLoader workers"
-        print(f"{where:22s} {base:12.1f}/s {mine:10.1f}/s {mine / base:6.2f}")
+        print(
+            f"{where:22s} {base:12.1f}/s {mine:10.1f}/s {mine / base:6.2f} {floats:14.1f}/s {floats / base:6.2f}"
+        )
+    print(
+        f"the tower's normalisation of a uint8 batch of 16 (on the GPU in training): {device_ms:.1f} ms "
+        f"on this CPU ({device_ms / 16:.2f} ms per image)"
+    )
+
+
+def normalise_ms(dataset, collate, repeats: int = 5) -> float:
+    """Milliseconds for normalise_levels on one collated batch of 16 uint8 images, here."""
+    import torch
+
+    from llava.data.image_transform import normalisation_table, normalise_levels
+
+    batch = collate([dataset[i] for i in range(16)])["images"]
+    table = torch.from_numpy(normalisation_table(dataset.data_args.image_processor))
+    normalise_levels(batch, table)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        normalise_levels(batch, table)
+    return (time.perf_counter() - t0) / repeats * 1e3
 
 
 if __name__ == "__main__":

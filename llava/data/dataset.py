@@ -204,20 +204,28 @@ class LazySupervisedDataset(Dataset):
             raise self._error(i, f"image file {path} not found (check --image_folder)") from e
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             raise self._error(i, f"image file {path} cannot be read ({type(e).__name__}: {e})") from e
+        transform = self._image_transform()
+        if transform is None:
+            return process_images([image], processor, self.data_args)[0], image.size
+        if getattr(self.data_args, "uint8_images", False):
+            return transform.levels(image), image.size
+        return transform(image), image.size
+
+    def _image_transform(self) -> ImageTransform | None:
         if self._transform is False:
             self._transform = ImageTransform.from_processor(
-                processor, getattr(self.data_args, "image_aspect_ratio", None)
+                self.data_args.image_processor, getattr(self.data_args, "image_aspect_ratio", None)
             )
-        if self._transform is not None:
-            return self._transform(image), image.size
-        pixels = process_images([image], processor, self.data_args)
-        return pixels[0], image.size
+        return self._transform
 
     def _zero_image(self):
+        """The stand-in image of a text-only sample (its features are never used), in the dtype
+        the real images of the batch have."""
         processor = self.data_args.image_processor
         crop = getattr(processor, "crop_size", None) or processor.size
         h, w = (crop["height"], crop["width"]) if "height" in crop else (crop["shortest_edge"],) * 2
-        return torch.zeros(3, h, w), (w, h)
+        uint8 = getattr(self.data_args, "uint8_images", False) and self._image_transform() is not None
+        return torch.zeros(3, h, w, dtype=torch.uint8 if uint8 else torch.float32), (w, h)
 
     def _error(self, i: int, message: str) -> BadSampleError:
         sid = self.list_data_dict[i].get("id", "?")

@@ -74,6 +74,8 @@ class DataArguments:
     # Filled in by train(), not command-line flags.
     mm_use_im_start_end: bool = field(default=False, init=False)
     image_processor: Any = field(default=None, init=False, repr=False)
+    # The loader gives 8-bit pixels and the vision tower normalises them on its device.
+    uint8_images: bool = field(default=False, init=False)
     num_image_tokens: int = field(default=0, init=False)
     conv_version: Optional[str] = field(default=None, init=False)
 

@@ -159,6 +159,7 @@ def setup_vision(model, tokenizer, model_args, data_args, training_args) -> None
         tower.to(dtype=dtype, device=training_args.device)
 
     data_args.image_processor = tower.image_processor
+    data_args.uint8_images = True  # the tower normalises with this same processor's table
     data_args.is_multimodal = True
     data_args.num_image_tokens = int(getattr(tower, "num_image_tokens", tower.num_patches))
     cfg = model.config

@@ -147,8 +147,26 @@ class VisionTower(nn.Module):
         return self.is_loaded and any(p.requires_grad for p in self.vision_tower.parameters())
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype == torch.uint8:
+            pixels = self.normalise_levels(pixels.to(self.device))
         out = self.vision_tower(pixels.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
         return self.feature_select(out)
+
+    def normalise_levels(self, levels: torch.Tensor) -> torch.Tensor:
+        """8-bit pixels [..., 3, H, W] (the training loader's) -> the float32 values this tower's
+        image processor gives, computed on the pixels' device."""
+        from llava.data.image_transform import normalisation_table, normalise_levels
+
+        table = getattr(self, "_level_table", None)
+        if table is None:
+            values = normalisation_table(getattr(self, "image_processor", None))
+            if values is None:
+                raise ValueError(
+                    f"vision tower {self.vision_tower_name!r} was given uint8 pixels but its image processor "
+                    "has no rescale/normalise settings to turn them into model inputs; pass normalised floats"
+                )
+            table = self._level_table = torch.from_numpy(values)
+        return normalise_levels(levels, table)
 
     def forward(self, images):
         """``images``: [B,3,H,W] -> [B,N,C]; or a list of [3,H,W] -> list of [1,N,C] (as the original)."""
