@@ -108,6 +108,11 @@ class LlavaMetaForCausalLM:
     _keys_to_ignore_on_load_unexpected = [r"vision_tower\.vision_tower\."]
 
     def __init__(self, config, *args, **kwargs):
+        # A plain LLM's config.json (stage 2 starts from Vicuna) leaves model_type 'llama' on the
+        # LlavaLlamaConfig; code that dispatches on it (transformers' Liger integration) would then
+        # treat this model as a plain LLaMA and replace its forward.
+        if getattr(type(config), "model_type", None) and config.model_type != type(config).model_type:
+            config.model_type = type(config).model_type
         super().__init__(config, *args, **kwargs)
         inner = self.get_model()
         inner.__class__ = llava_inner_class(type(inner))
