@@ -19,7 +19,9 @@ micro-batches, as each of --world GPUs would run one):
 Each mode names its attention: sdpa (padded: SDPA with the padding mask; packed: rows with the
 block-diagonal mask transformers builds from the restarting position ids), torch_varlen
 (flash-attention varlen kernel shipped in PyTorch: packed samples end to end, padded batches
-unpadded), flex_attention (packed rows; compiles).
+unpadded), flex_attention (packed rows; compiles). A `+liger` suffix (`packed:torch_varlen+liger`)
+runs with Liger's RMSNorm/SwiGLU/RoPE kernels applied as `--use_liger_kernel True` applies them
+(llava.train.liger; needs liger-kernel and a GPU); once applied they stay, so such modes come last.
 
 MFU = model FLOPs of the real tokens / time / peak. Model FLOPs: 6 x LLM parameters (without the
 input embedding) per token + causal attention 6 x layers x hidden x n^2 per sample + per real image
@@ -256,9 +258,15 @@ def main(argv=None) -> None:
     )
     check_attention(model, instances, lengths, args, max_len, n_img, padded_collate, device, dtype)
     results = []
-    for mode in args.modes.split(","):
-        batching, attn = mode.split(":")
+    modes = args.modes.split(",")
+    first_liger = next((i for i, m in enumerate(modes) if m.endswith("+liger")), len(modes))
+    if not all(m.endswith("+liger") for m in modes[first_liger:]):
+        parser.error("--modes: the +liger modes must come after all the others")
+    for mode in modes:
+        batching, attn = mode.removesuffix("+liger").split(":")
         try:
+            if mode.endswith("+liger") and not getattr(model, "_liger_applied", False):
+                liger_check(model, instances, lengths, args, max_len, n_img, attn, device, dtype)
             model.set_attn_implementation(attn)
             packed = batching == "packed"
             groups = micro_batches(lengths, args.world, max_len, packed, "flat" if attn in FLAT else "rows")
@@ -300,7 +308,27 @@ def main(argv=None) -> None:
     if on_gpu:
         peak = torch.cuda.max_memory_allocated() / 2**30
         print(f"MFU over {args.peak_tflops:.0f} TFLOP/s bf16 dense; peak memory {peak:.1f} GiB")
+        print(
+            f"normalising {args.per_device} uint8 images on the GPU: {normalise_ms(args.per_device, tower, device):.2f} ms"
+        )
     print(f"total {time.perf_counter() - t_start:.0f}s")
+
+
+@torch.no_grad()
+def liger_check(model, instances, lengths, args, max_len, n_img, attn, device, dtype) -> None:
+    """Apply Liger's kernels to `model` and print the loss of packed micro-batch 0 before and after."""
+    from llava.data.packing import collate_packed
+    from llava.train.liger import apply_liger_kernels
+
+    model.set_attn_implementation(attn)
+    group = micro_batches(lengths, args.world, max_len, True)[0]
+    batch = to_device(collate_packed([instances[i] for i in group], 0, max_len, n_img), device, dtype)
+    before = model(**batch).loss.item()
+    used = apply_liger_kernels(model)
+    model._liger_applied = True
+    print(
+        f"liger {used}: packed micro-batch 0 loss {before:.4f} before, {model(**batch).loss.item():.4f} after"
+    )
 
 
 @torch.no_grad()
@@ -308,7 +336,7 @@ def check_attention(model, instances, lengths, args, max_len, n_img, padded_coll
     """Loss of the first micro-batch under each attention of the run's modes: they must agree."""
     from llava.data.packing import collate_packed
 
-    modes = [m.split(":") for m in args.modes.split(",")]
+    modes = [m.split(":") for m in args.modes.split(",") if not m.endswith("+liger")]
     for batching in ("padded", "packed"):
         attns = [a for b, a in modes if b == batching]
         if len(attns) < 2:
@@ -325,6 +353,22 @@ def check_attention(model, instances, lengths, args, max_len, n_img, padded_coll
             except Exception as e:  # reported again, with its traceback, when the mode runs
                 losses.append(f"{attn} failed ({type(e).__name__})")
         print(f"check, {batching} micro-batch 0 loss: " + ", ".join(losses))
+
+
+def normalise_ms(n: int, tower: dict, device) -> float:
+    """Milliseconds the vision tower spends turning a batch of `n` uint8 images (what the training
+    loader sends) into normalised floats on `device` (llava.data.image_transform.normalise_levels)."""
+    from llava.data.image_transform import normalise_levels
+
+    levels = torch.randint(0, 256, (n, 3, tower["image"], tower["image"]), dtype=torch.uint8, device=device)
+    table = torch.randn(3, 256, device=device)
+    normalise_levels(levels, table)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        normalise_levels(levels, table)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / 10 * 1e3
 
 
 def computed_tokens(groups, sizes, max_len, packed: bool, flat: bool) -> int:

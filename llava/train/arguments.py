@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import transformers
 
@@ -85,11 +85,22 @@ _ALLOWED = {"bits": (4, 8, 16), "quant_type": ("fp4", "nf4"), "lora_bias": ("non
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
+    # transformers reads JSON strings of these into dicts; it declares liger_kernel_config as a dict,
+    # which its own parser cannot take from a command line.
+    _VALID_DICT_FIELDS = [*transformers.TrainingArguments._VALID_DICT_FIELDS, "liger_kernel_config"]
+
     cache_dir: Optional[str] = field(default=None)
     optim: str = field(default="adamw_torch")
     remove_unused_columns: bool = field(default=False)
     freeze_mm_mlp_adapter: bool = field(default=False)
     mpt_attn_impl: Optional[str] = field(default="triton")
+    liger_kernel_config: Optional[Union[dict, str]] = field(
+        default=None,
+        metadata={
+            "help": "With --use_liger_kernel True: which Liger kernels, as JSON, e.g. '{\"rope\": false}' "
+            "(rope, rms_norm, swiglu, cross_entropy; default all but cross_entropy). See llava/train/liger.py."
+        },
+    )
     model_max_length: int = field(
         default=512,
         metadata={

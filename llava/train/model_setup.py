@@ -207,6 +207,10 @@ def build_model_and_tokenizer(model_args, data_args, training_args, attn_impleme
     """(model, tokenizer, template name) ready for LLaVATrainer; fills data_args for the dataset."""
     model = load_llm(model_args, training_args, attn_implementation)
     model.config.use_cache = False
+    if getattr(training_args, "use_liger_kernel", False):
+        from llava.train.liger import apply_liger_kernels
+
+        apply_liger_kernels(model, getattr(training_args, "liger_kernel_config", None))
     if model_args.freeze_backbone:
         model.get_model().requires_grad_(False)
     if training_args.bits in (4, 8):
