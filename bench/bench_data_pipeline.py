@@ -20,7 +20,7 @@ openai/clip-vit-large-patch14-336, built from its config), model_max_length 2048
   reference.
 
 Both are timed in this process and through a DataLoader with --workers worker processes that also
-collate batches of 16 (as the trainer loads data); best of two passes each. The one-off
+collate batches of 16 (as the trainer loads data); best of three passes each, taken in turn. The one-off
 tokenisation that fills the cache is reported on its own.
 """
 
@@ -151,24 +151,33 @@ class OriginalStyleDataset:
         return item
 
 
-def timed(dataset, workers: int, collate, batch_size: int = 16, repeats: int = 2) -> float:
-    """Samples/s reading every sample once: in this process, or through a DataLoader whose workers
-    also collate the batches (as the trainer's do). Best of `repeats`."""
+def one_pass(dataset, workers: int, collate, batch_size: int = 16) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) to read every sample once: here, or through a
+    DataLoader whose workers also collate the batches (as the trainer's do)."""
     import torch
 
-    best = 0.0
+    t0, c0 = time.perf_counter(), time.process_time()
+    if workers == 0:
+        for i in range(len(dataset)):
+            dataset[i]
+    else:
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate
+        )
+        for _ in loader:
+            pass
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def timed(datasets: dict, workers: int, collate, repeats: int = 3) -> dict:
+    """{name: (samples/s, CPU ms per sample)} for each dataset, best of `repeats` passes taken in
+    turn (base, project, ..., base, project, ...) so that other load on the machine hits all alike."""
+    best = {name: (0.0, float("inf")) for name in datasets}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        if workers == 0:
-            for i in range(len(dataset)):
-                dataset[i]
-        else:
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate
-            )
-            for _ in loader:
-                pass
-        best = max(best, len(dataset) / (time.perf_counter() - t0))
+        for name, dataset in datasets.items():
+            wall, cpu = one_pass(dataset, workers, collate)
+            rate, cpu_ms = best[name]
+            best[name] = (max(rate, len(dataset) / wall), min(cpu_ms, cpu / len(dataset) * 1e3))
     return best
 
 
@@ -218,20 +227,24 @@ def main(argv=None) -> None:
         collate = DataCollatorForSupervisedDataset(tokenizer=tokenizer)
         rows = []
         for workers in (0, args.workers):
-            mine = timed(ours, workers, collate)
-            base = timed(baseline, workers, collate)
-            floats = timed(ours_float, workers, collate)
-            rows.append((workers, base, mine, floats))
+            got = timed({"base": baseline, "mine": ours, "floats": ours_float}, workers, collate)
+            rows.append((workers, got))
         device_ms = normalise_ms(ours, collate)
     print(
         f"\n{'loader':22s} {'original-style':>15s} {'this project':>13s} {'ratio':>6s} "
         f"{'project, float32':>17s} {'ratio':>6s}"
     )
-    for workers, base, mine, floats in rows:
+    for workers, got in rows:
         where = "this process" if workers == 0 else f"{workers} DataLoader workers"
+        base, mine, floats = got["base"][0], got["mine"][0], got["floats"][0]
         print(
             f"{where:22s} {base:12.1f}/s {mine:10.1f}/s {mine / base:6.2f} {floats:14.1f}/s {floats / base:6.2f}"
         )
+    cpu = rows[0][1]
+    print(
+        f"CPU ms per sample in this process: original-style {cpu['base'][1]:.2f}, project {cpu['mine'][1]:.2f} "
+        f"(ratio {cpu['base'][1] / cpu['mine'][1]:.2f}), project float32 {cpu['floats'][1]:.2f}"
+    )
     print(
         f"the tower's normalisation of a uint8 batch of 16 (on the GPU in training): {device_ms:.1f} ms "
         f"on this CPU ({device_ms / 16:.2f} ms per image)"
