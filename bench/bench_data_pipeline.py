@@ -43,10 +43,16 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 MAX_LEN = 2048
 
 
-def clip_336_processor():
-    from transformers import CLIPImageProcessor
+def clip_336_processor(backend: str = "pil"):
+    """CLIP-L/336's image processor. `pil`: the PIL/numpy one the original LLaVA used
+    (transformers 5's CLIPImageProcessorPil); `default`: what CLIPImageProcessor gives here
+    (torchvision's when torchvision is installed, else the PIL one)."""
+    import transformers
 
-    return CLIPImageProcessor(
+    cls = transformers.CLIPImageProcessor
+    if backend == "pil":
+        cls = getattr(transformers, "CLIPImageProcessorPil", cls)
+    return cls(
         size={"shortest_edge": 336},
         crop_size={"height": 336, "width": 336},
         do_center_crop=True,
@@ -185,6 +191,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=600)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--processor",
+        choices=("pil", "default"),
+        default="pil",
+        help="the baseline's image processor: the original's PIL one, or transformers' default here",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -200,7 +212,7 @@ def main(argv=None) -> None:
         REPO / "tests" / "fixtures" / "tokenizers" / "llama2", model_max_length=MAX_LEN, padding_side="right"
     )
     tokenizer.pad_token = tokenizer.unk_token
-    processor = clip_336_processor()
+    processor = clip_336_processor(args.processor)
     with tempfile.TemporaryDirectory() as tmp:
         data_path, images = make_data(Path(tmp), args.samples, seed=0)
         samples = load_samples(data_path)
@@ -221,7 +233,8 @@ def main(argv=None) -> None:
         baseline = OriginalStyleDataset(ours.list_data_dict, str(images), tokenizer, processor)
         n_img = sum("image" in s for s in ours.list_data_dict)
         print(
-            f"{len(ours)} samples ({n_img} with a 640x480 JPEG), LLaMA-2 tokenizer, v1, pad, CLIP-L/336; "
+            f"{len(ours)} samples ({n_img} with a 640x480 JPEG), LLaMA-2 tokenizer, v1, pad, CLIP-L/336 "
+            f"({type(processor).__name__}); "
             f"token cache filled once in {cache_s:.1f}s ({len(ours) / cache_s:.0f} samples/s)"
         )
         collate = DataCollatorForSupervisedDataset(tokenizer=tokenizer)
