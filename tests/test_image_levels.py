@@ -101,3 +101,20 @@ def test_dataset_and_collator_keep_a_batch_uint8(tiny_kit, processor, tmp_path):
     assert kinds == {True, False}  # both kinds were checked
     batch = DataCollatorForSupervisedDataset(tokenizer=tok)(items[True])
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape[0] == len(items[True])
+
+
+def test_towers_load_the_pil_image_processor_the_original_used(tiny_kit, monkeypatch):
+    import transformers
+
+    from llava.model.multimodal_encoder.vision_tower import TOWER_BACKENDS, processor_class
+
+    class TorchvisionBacked(transformers.CLIPImageProcessorPil):  # what torchvision machines get
+        pass
+
+    monkeypatch.setattr(transformers, "CLIPImageProcessor", TorchvisionBacked)
+    assert processor_class(TOWER_BACKENDS["clip"]) is transformers.CLIPImageProcessorPil
+    assert processor_class(TOWER_BACKENDS["siglip"]) is transformers.SiglipImageProcessorPil
+    tower = build_tiny_llava(tiny_kit).get_vision_tower()
+    assert type(tower.image_processor) is transformers.CLIPImageProcessorPil
+    monkeypatch.setattr(transformers, "CLIPImageProcessorPil", None)  # a transformers without the split
+    assert processor_class(TOWER_BACKENDS["clip"]) is TorchvisionBacked

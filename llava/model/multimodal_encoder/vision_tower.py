@@ -32,6 +32,16 @@ TOWER_BACKENDS = MappingProxyType(
 SELECT_FEATURES = ("patch", "cls_patch")
 
 
+def processor_class(backend: TowerBackend) -> type:
+    """The PIL/numpy image processor (transformers 5's `CLIPImageProcessorPil`, ...): the one the
+    original LLaVA trained and evaluated with, pixel for pixel, and the one the training loader
+    reproduces. transformers' default class uses torchvision when it is installed, whose resize
+    gives slightly different pixels. Without such a class, transformers' default one."""
+    return getattr(transformers, backend.processor_class + "Pil", None) or getattr(
+        transformers, backend.processor_class
+    )
+
+
 def _read_tower_config(name: str) -> dict:
     try:
         cfg, _ = transformers.PretrainedConfig.get_config_dict(str(name))
@@ -114,9 +124,7 @@ class VisionTower(nn.Module):
         if self.is_loaded:
             return
         backend, nested = _tower_source(self.vision_tower_name)
-        image_processor = getattr(transformers, backend.processor_class).from_pretrained(
-            self.vision_tower_name
-        )
+        image_processor = processor_class(backend).from_pretrained(self.vision_tower_name)
         if nested is not None:
             model = _load_from_llava_hf(self.vision_tower_name, backend, nested)
         else:
