@@ -29,19 +29,39 @@ ENTRY = textwrap.dedent(
 )
 
 
-def torchrun(tmp_path, args) -> str:
+# The same entry with a callback that SIGKILLs every rank at the end of step KILL_AT_STEP.
+KILLER_ENTRY = ENTRY.replace(
+    "train(argv=sys.argv[1:])",
+    textwrap.dedent(
+        """
+        import os, signal
+        from transformers import TrainerCallback
+
+        class KillAfter(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == int(os.environ["KILL_AT_STEP"]):
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        train(argv=sys.argv[1:], callbacks=[KillAfter()])
+        """
+    ),
+)
+
+
+def torchrun(tmp_path, args, entry_code: str = ENTRY, env_extra=None, expect_ok: bool = True) -> str:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     entry = tmp_path / "entry.py"
-    entry.write_text(ENTRY)
+    entry.write_text(entry_code)
     # --standalone: torchrun picks a free port itself (no race with other tests for a port)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [str(entry), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **(env_extra or {})}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
     log = proc.stdout + proc.stderr
     (tmp_path / "torchrun.log").write_text(log)
     noise = ("FutureWarning", "return func(", "it/s]", "s/it]")
     tail = "\n".join([line for line in proc.stderr.splitlines() if not any(n in line for n in noise)][-60:])
-    assert proc.returncode == 0, (
+    assert (proc.returncode == 0) == expect_ok, (
         f"torchrun exited {proc.returncode}; log in {tmp_path / 'torchrun.log'}\n{tail}"
     )
     return log
@@ -119,3 +139,37 @@ def test_zero3_stage2_loads_adapter_into_partitions_and_saves_a_model_that_reloa
     ids = torch.tensor([[1, -200, 5, 6, 7]])
     loss = model(input_ids=ids, images=images, labels=torch.tensor([[-100, -100, 5, 6, 7]])).loss
     assert torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_zero3_stage2_killed_then_resumed_equals_the_uninterrupted_run(kit, zero2_stage1, tmp_path):
+    """Every rank SIGKILLed one step after checkpoint-2; the same command resumes from DeepSpeed's
+    partitioned optimizer state and reproduces the uninterrupted run's losses and final weights."""
+    from safetensors.torch import load_file
+
+    adapter = zero2_stage1[0] / "mm_projector.bin"
+    extra = f"--deepspeed {REPO / 'zero3.json'} --max_steps 4 --per_device_train_batch_size 2 --save_steps 2"
+    extra += " --learning_rate 1e-2 --mm_projector_lr 1e-3"
+    torchrun(tmp_path / "reference", stage2_args(kit, tmp_path / "reference" / "out", adapter, extra))
+    out = tmp_path / "interrupted" / "out"
+    args = stage2_args(kit, out, adapter, extra)
+    torchrun(tmp_path / "interrupted", args, KILLER_ENTRY, {"KILL_AT_STEP": "3"}, expect_ok=False)
+    assert (out / "checkpoint-2" / "global_step2").is_dir() and not (out / "trainer_state.json").exists()
+    log = torchrun(tmp_path / "resumed", args)  # finds checkpoint-2 by itself
+    assert "resuming from" in log and "checkpoint-2" in log
+
+    def losses(folder):
+        history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+        return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+    ref, res = losses(tmp_path / "reference" / "out"), losses(out)
+    assert sorted(ref) == sorted(res) == [1, 2, 3, 4], res
+    for step in ref:
+        assert res[step] == pytest.approx(ref[step], abs=1e-5), (step, res[step], ref[step])
+    final_ref, final_res = (
+        load_file(tmp_path / "reference" / "out" / "model.safetensors"),
+        load_file(out / "model.safetensors"),
+    )
+    assert sorted(final_ref) == sorted(final_res)
+    for key, value in final_ref.items():
+        torch.testing.assert_close(final_res[key], value, atol=1e-6, rtol=0, msg=key)
