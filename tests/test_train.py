@@ -345,3 +345,31 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     (tmp_path / "checkpoint-x").mkdir()
     assert latest_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert latest_complete_checkpoint(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("merge", ["flat", "spatial_unpad"])
+def test_anyres_training_loss_goes_down(kit, tmp_path, merge):
+    """anyres images (tiles of the tiny 32 px tower + the overview) through train()."""
+    args = stage2_args(
+        kit,
+        tmp_path,
+        extra="--max_steps 4 --image_grid_pinpoints [(32,64),(64,32),(64,64)] --model_max_length 512 "
+        f"--mm_patch_merge_type {merge}",
+    )
+    args[args.index("--image_aspect_ratio") + 1] = "anyres"
+    probe = Probe()
+    trainer = run(args, [probe])
+    assert probe.losses[1] < probe.losses[0] - 0.05, probe.losses
+    batch = next(iter(trainer.get_train_dataloader()))
+    tiles = [x for x in batch["images"] if x.count_nonzero() > 0]
+    assert tiles and all(x.ndim == 4 and x.shape[0] >= 3 for x in tiles)  # overview + >= 2 tiles
+    assert trainer.model.config.mm_patch_merge_type == merge
+
+
+def test_resume_with_other_flags_names_the_checkpoint(kit, tmp_path):
+    from llava.train.train import ResumeError
+
+    run(stage2_args(kit, tmp_path, extra="--max_steps 2 --save_steps 2"))
+    with pytest.raises(ResumeError, match=r"could not resume from .*checkpoint-2.*new --output_dir"):
+        run(stage2_args(kit, tmp_path, extra="--max_steps 4 --save_steps 2 --lora_enable True --lora_r 4"))

@@ -77,6 +77,38 @@ def resolve_resume(training_args) -> str | None:
     return found
 
 
+class _Started(transformers.TrainerCallback):
+    """Marks that training began: the Trainer loads a checkpoint's state before on_train_begin."""
+
+    began = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.began = True
+
+
+class ResumeError(RuntimeError):
+    pass
+
+
+def _train_or_explain(trainer, checkpoint: str | None) -> None:
+    """trainer.train(), naming the checkpoint when its state does not fit this run's model."""
+    started = _Started()
+    trainer.add_callback(started)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except (ValueError, RuntimeError, KeyError) as err:
+        if not checkpoint or started.began:
+            raise
+        raise ResumeError(
+            f"could not resume from {checkpoint}: its saved state does not fit this run "
+            f"({type(err).__name__}: {str(err)[:300]}). It was most likely written with other flags "
+            "(e.g. LoRA, tuned modules, projector type); rerun with the flags that wrote it, or give "
+            "a new --output_dir (or move the checkpoint-* folders away) to start afresh."
+        ) from err
+    finally:
+        trainer.remove_callback(started)
+
+
 def _setup_logging(training_args) -> None:
     level = logging.INFO if training_args.should_log else logging.WARNING
     if not logging.getLogger().handlers:
@@ -106,7 +138,7 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None,
     checkpoint = resolve_resume(training_args)
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    _train_or_explain(trainer, checkpoint)
     trainer.save_state()
     model.config.use_cache = True
     trainer.save_model(training_args.output_dir)
