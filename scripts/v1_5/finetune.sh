@@ -9,6 +9,8 @@
 # e.g. 4 GPUs: 16 x 2; 8 GPUs with 40 GB: 8 x 2 (or use ./scripts/zero3_offload.json).
 # Extra arguments are appended and win. Launcher and multi-node: see pretrain.sh (LAUNCH=...).
 # A run resumes by itself from the newest complete checkpoint-* in --output_dir.
+# Faster, same samples and steps: append --packing True (and, with liger-kernel installed,
+# --use_liger_kernel True); see docs/Training.md, "Packing" and "Liger kernels".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
