@@ -164,11 +164,3 @@ class TrainingArguments(transformers.TrainingArguments):
         configure_cpu_distributed(self)
         super().__post_init__()
 
-
-def check_flag_combinations(data_args: DataArguments, training_args: TrainingArguments) -> None:
-    """Errors for flags of different groups that cannot go together."""
-    if training_args.packing and data_args.image_aspect_ratio == "anyres":
-        raise ValueError(
-            "--packing True with --image_aspect_ratio anyres: packing counts the tower's fixed number of "
-            "tokens per image, while anyres gives each image as many as its tiles; use one or the other"
-        )

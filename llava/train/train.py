@@ -21,10 +21,11 @@ import transformers
 from llava.data.collator import DataCollatorForSupervisedDataset
 from llava.data.dataset import LazySupervisedDataset, make_supervised_data_module
 from llava.data.preprocess import preprocess, preprocess_multimodal
-from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, check_flag_combinations
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.model_setup import build_model_and_tokenizer, find_all_linear_names
 from llava.train.param_table import format_parameter_table
+from llava.train.preflight import preflight
 
 logger = logging.getLogger("llava.train")
 
@@ -122,7 +123,7 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None,
     """Parse the command line (or `argv`), train, save; returns the trainer."""
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    check_flag_combinations(data_args, training_args)
+    preflight(data_args, training_args)
     _setup_logging(training_args)
     logger.info("model_args: %s", model_args)
     logger.info("data_args: %s", data_args)
