@@ -63,7 +63,8 @@ def test_tower_gives_the_same_features_from_levels(tiny_kit, processor):
 
 def test_tower_without_processor_settings_says_so(tiny_kit):
     tower = build_tiny_llava(tiny_kit).get_vision_tower()
-    tower.image_processor = None
+    tower(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))  # builds the table of the processor it has
+    tower.image_processor = None  # a table built for another processor is not reused
     with pytest.raises(ValueError, match="uint8 pixels but its image processor"):
         tower(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
 

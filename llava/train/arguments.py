@@ -163,4 +163,3 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ValueError("choose one of --group_by_length and --group_by_modality_length, not both")
         configure_cpu_distributed(self)
         super().__post_init__()
-

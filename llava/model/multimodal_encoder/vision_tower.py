@@ -165,16 +165,17 @@ class VisionTower(nn.Module):
         image processor gives, computed on the pixels' device."""
         from llava.data.image_transform import normalisation_table, normalise_levels
 
-        table = getattr(self, "_level_table", None)
-        if table is None:
-            values = normalisation_table(getattr(self, "image_processor", None))
+        processor = getattr(self, "image_processor", None)
+        cached = getattr(self, "_level_table", None)  # (processor, table), built once per processor
+        if cached is None or cached[0] is not processor:
+            values = normalisation_table(processor)
             if values is None:
                 raise ValueError(
                     f"vision tower {self.vision_tower_name!r} was given uint8 pixels but its image processor "
                     "has no rescale/normalise settings to turn them into model inputs; pass normalised floats"
                 )
-            table = self._level_table = torch.from_numpy(values)
-        return normalise_levels(levels, table)
+            cached = self._level_table = (processor, torch.from_numpy(values))
+        return normalise_levels(levels, cached[1])
 
     def forward(self, images):
         """``images``: [B,3,H,W] -> [B,N,C]; or a list of [3,H,W] -> list of [1,N,C] (as the original)."""
