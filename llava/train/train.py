@@ -101,10 +101,10 @@ def _train_or_explain(trainer, checkpoint: str | None) -> None:
         if not checkpoint or started.began:
             raise
         raise ResumeError(
-            f"could not resume from {checkpoint}: its saved state does not fit this run "
-            f"({type(err).__name__}: {str(err)[:300]}). It was most likely written with other flags "
-            "(e.g. LoRA, tuned modules, projector type); rerun with the flags that wrote it, or give "
-            "a new --output_dir (or move the checkpoint-* folders away) to start afresh."
+            f"could not resume from {checkpoint} ({type(err).__name__}: {str(err)[:300]}). If it was "
+            "written with other flags (LoRA on or off, other tuned modules, another projector), rerun "
+            "with the flags that wrote it, or give a new --output_dir (or move the checkpoint-* "
+            "folders away) to start afresh."
         ) from err
     finally:
         trainer.remove_callback(started)
