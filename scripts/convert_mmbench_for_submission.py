@@ -9,8 +9,9 @@ import argparse
 import io
 import os
 
-from llava.eval.files import atomic_write_bytes, read_jsonl
+from llava.eval.files import read_jsonl
 from llava.eval.scorers.mmbench import submission_frame
+from llava.utils.atomic import atomic_write_bytes
 
 
 def main(argv=None):

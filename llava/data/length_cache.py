@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from llava.data.token_store import TokenStore, write_tokens
+from llava.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -189,19 +190,6 @@ def count_all(
     return results
 
 
-def _write_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 @dataclass
 class TokenCache:
     """What `load_or_build` returns: text-token counts, {index: error} and the tokens."""
@@ -264,7 +252,7 @@ def load_or_build(
 def _write_cache(path: Path, record: dict, encoded) -> TokenCache:
     tokens_file = path.with_name(path.name.replace(".lengths.json", ".tokens.npy"))
     offsets = write_tokens(tokens_file, encoded)
-    _write_atomic(path, dict(record, tokens_file=tokens_file.name, token_offsets=offsets))
+    atomic_write_text(path, json.dumps(dict(record, tokens_file=tokens_file.name, token_offsets=offsets)))
     logger.info("tokens of %d samples cached in %s", len(encoded), path)
     return TokenCache(record["lengths"], record["errors"], TokenStore(tokens_file, offsets))
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from llava.eval.files import atomic_write_text
+from llava.utils.atomic import atomic_write_text
 
 COLOURS = {
     "red": (220, 40, 40),

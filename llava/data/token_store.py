@@ -9,7 +9,6 @@ Sample k's tokens are `array[offsets[k]:offsets[k + 1]]`.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.utils.atomic import atomic_path
 
 _DTYPES = (np.uint16, np.uint32)
 
@@ -58,21 +58,13 @@ def write_tokens(path: Path, samples: Sequence[tuple[np.ndarray, np.ndarray] | N
     offsets = [0]
     for s in samples:
         offsets.append(offsets[-1] + (0 if s is None else len(s[0])))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npy")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npy") as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(offsets[-1],))
         for k, s in enumerate(samples):
             if s is not None:
                 array[offsets[k] : offsets[k + 1]] = encode(s[0], s[1], dtype)
         array.flush()
         del array
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return offsets
 
 

@@ -326,7 +326,7 @@ def write_clean(samples: list, report: ValidationReport, path: str) -> int:
     """Write the samples without errors to `path` (JSON list, or JSON lines for .jsonl), atomically."""
     import json
 
-    from llava.eval.files import atomic_write_text
+    from llava.utils.atomic import atomic_write_text
 
     keep = [s for i, s in enumerate(samples) if i not in report.bad_indices]
     if str(path).endswith(".jsonl"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from llava.eval.files import atomic_write_text, read_jsonl
+from llava.eval.files import read_jsonl
 from llava.eval.scorers.mme import (
     COGNITION,
     PERCEPTION,
@@ -19,6 +19,7 @@ from llava.eval.scorers.mme import (
     score_subtasks,
     totals,
 )
+from llava.utils.atomic import atomic_write_text
 
 
 def report(scores: dict) -> str:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from llava.utils.atomic import atomic_write_text
 
 
 def _require_file(path: str | os.PathLike, what: str) -> Path:
@@ -71,27 +72,6 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
                 f"{path}: not valid JSON at line {e.lineno} column {e.colno} ({e.msg}); "
                 "the file may be truncated or corrupt: download or regenerate it"
             ) from None
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically; see ``atomic_write_bytes``."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(os.path.expanduser(str(path)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs) -> Path:

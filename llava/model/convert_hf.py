@@ -19,6 +19,8 @@ import logging
 import os
 from pathlib import Path
 
+from llava.utils.atomic import atomic_write_text
+
 from .weight_files import publish_dir, resolve_folder, torch_dtype
 
 logger = logging.getLogger(__name__)
@@ -49,9 +51,7 @@ def _repoint_tower(folder: Path, old: Path, new: Path) -> None:
     cfg = json.loads(cfg_file.read_text())
     if cfg.get("mm_vision_tower") == str(old):
         cfg["mm_vision_tower"] = str(new)
-        tmp = folder / ".config.json.tmp"
-        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, cfg_file)
+        atomic_write_text(cfg_file, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def from_hf(model_path, output, vision_tower: str | None = None, dtype="auto") -> Path:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from llava.utils.atomic import atomic_path
+
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_SINGLE = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5")
@@ -173,15 +175,9 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> N
 
 def save_torch_file(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(os.path.expanduser(str(path)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(os.path.expanduser(str(path)))
 
 
 def _is_weight_file(name: str) -> bool:

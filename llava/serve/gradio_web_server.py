@@ -25,6 +25,7 @@ from llava.constants import LOGDIR
 from llava.serve import protocol
 from llava.serve.conv_mode import get_template, infer_conv_mode, stop_string
 from llava.serve.utils import build_logger, moderation_msg, offline_gradio_env, server_error_msg
+from llava.utils.atomic import atomic_path
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 IMAGE_PROCESS_MODES = ["Crop", "Resize", "Pad", "Default"]
@@ -72,10 +73,8 @@ def _image_path(image, logdir: str) -> str:
     t = datetime.datetime.now()
     path = Path(logdir) / "serve_images" / f"{t.year}-{t.month:02d}-{t.day:02d}" / f"{digest}.jpg"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.jpg")
-        image.convert("RGB").save(tmp, format="JPEG")
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".jpg") as tmp:
+            image.convert("RGB").save(tmp, format="JPEG")
     return str(path)
 
 

@@ -19,6 +19,7 @@ import os
 import torch
 from transformers import Trainer
 
+from llava.model.weight_files import save_torch_file
 from llava.train import zero
 from llava.train.sampler import LengthGroupedSampler
 
@@ -27,14 +28,7 @@ logger = logging.getLogger(__name__)
 MM_PROJECTOR_FILE = "mm_projector.bin"
 NON_LORA_FILE = "non_lora_trainables.bin"
 
-__all__ = ["LLaVATrainer", "LengthGroupedSampler", "MM_PROJECTOR_FILE", "NON_LORA_FILE", "save_torch_atomic"]
-
-
-def save_torch_atomic(obj, path: str) -> None:
-    """torch.save to a temporary name, then rename: no half-written file under `path`."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+__all__ = ["LLaVATrainer", "LengthGroupedSampler", "MM_PROJECTOR_FILE", "NON_LORA_FILE"]
 
 
 def _is_peft(model) -> bool:
@@ -163,7 +157,7 @@ class LLaVATrainer(Trainer):
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
             model.config.save_pretrained(output_dir)
-            save_torch_atomic(state, os.path.join(output_dir, MM_PROJECTOR_FILE))
+            save_torch_file(state, os.path.join(output_dir, MM_PROJECTOR_FILE))
 
     def save_non_lora_trainables(self, output_dir: str) -> None:
         model = self._unwrapped()
@@ -171,7 +165,7 @@ class LLaVATrainer(Trainer):
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
             model.config.save_pretrained(output_dir)
-            save_torch_atomic(state, os.path.join(output_dir, NON_LORA_FILE))
+            save_torch_file(state, os.path.join(output_dir, NON_LORA_FILE))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir

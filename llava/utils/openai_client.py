@@ -24,12 +24,13 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from llava.utils.atomic import atomic_write_text
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -77,17 +78,7 @@ class ReplyCache:
         return record if isinstance(record, dict) and "reply" in record else None
 
     def put(self, key: str, record: dict) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(record, f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(self.path(key), json.dumps(record, ensure_ascii=False))
 
 
 class ChatRequestError(RuntimeError):
