@@ -106,12 +106,17 @@ def apply_delta(base_model_path, target_model_path, delta_path) -> Path:
     return out
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def delta_parser(description: str) -> argparse.ArgumentParser:
+    """The three folders both delta tools take (the original's flag names and short forms)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--base-model-path", "--base", type=str, required=True)
     parser.add_argument("--target-model-path", "--target", type=str, required=True)
     parser.add_argument("--delta-path", "--delta", type=str, required=True)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return delta_parser(__doc__.split("\n\n")[0]).parse_args(argv)
 
 
 def main(argv=None) -> None:

@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .apply_delta import combine_with_base
+from .apply_delta import combine_with_base, delta_parser
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +37,7 @@ def make_delta(base_model_path, target_model_path, delta_path, hub_repo_id=None)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-model-path", "--base", type=str, required=True)
-    parser.add_argument("--target-model-path", "--target", type=str, required=True)
-    parser.add_argument("--delta-path", "--delta", type=str, required=True)
+    parser = delta_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--hub-repo-id", type=str, default=None)
     return parser.parse_args(argv)
 
