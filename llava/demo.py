@@ -7,7 +7,7 @@ Steps, each through the same entry points the real recipes and users run:
   1. data     python -m llava.data.synthetic (coloured shapes; LCS-558K / mix665k JSON formats)
   2. models   a small tokenizer fitted to that text, a random tiny LLaMA, and a tiny CLIP tower given
               useful features by a brief classifier pre-training on the training pictures
-              (llava/data/synthetic_tower.py; real LLaVA starts from a pre-trained CLIP)
+              (llava/data/tools/synthetic_tower.py; real LLaVA starts from a pre-trained CLIP)
   3. stage 1  bash scripts/tiny/pretrain.sh   (projector only, plain template -> mm_projector.bin)
   4. stage 2  bash scripts/tiny/finetune.sh   (v1 template, LLM + projector + tower trained)
   5. eval     python -m llava.eval.model_vqa_loader on the held-out pictures, greedy -> accuracy
@@ -57,8 +57,8 @@ def accuracy(questions: Path, answers: Path) -> tuple[float, dict[str, float]]:
 
 def build_models(data_paths: dict, models: Path, tower_steps: int) -> None:
     from llava.conversation import conv_templates
-    from llava.data.synthetic import corpus
-    from llava.data.synthetic_tower import pretrain_tower
+    from llava.data.tools.synthetic import corpus
+    from llava.data.tools.synthetic_tower import pretrain_tower
     from llava.testing.tiny import build_small_tokenizer, make_tiny_clip, make_tiny_llm
 
     if (models / "tiny-llama" / "config.json").exists() and (models / "tiny-clip" / "READY").exists():
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from llava.data.synthetic import generate
+    from llava.data.tools.synthetic import generate
 
     out = Path(args.out).resolve()
     data, models, ckpt = out / "data", out / "models", out / "checkpoints"

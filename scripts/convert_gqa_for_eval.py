@@ -7,8 +7,8 @@ Score it with `python -m llava.eval.eval_gqa --questions testdev_balanced_questi
 
 import argparse
 
-from llava.eval.files import read_jsonl, write_json
 from llava.eval.scorers.gqa import predictions_from_answers
+from llava.utils.jsonfiles import read_jsonl, write_json
 
 
 def main(argv=None):

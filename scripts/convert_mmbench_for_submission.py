@@ -9,9 +9,9 @@ import argparse
 import io
 import os
 
-from llava.eval.files import read_jsonl
 from llava.eval.scorers.mmbench import submission_frame
 from llava.utils.atomic import atomic_write_bytes
+from llava.utils.jsonfiles import read_jsonl
 
 
 def main(argv=None):

@@ -5,8 +5,8 @@ python scripts/convert_mmvet_for_eval.py --src answers/model.jsonl --dst results
 
 import argparse
 
-from llava.eval.files import read_jsonl, write_json
 from llava.eval.scorers.mmvet import answers_for_grader
+from llava.utils.jsonfiles import read_jsonl, write_json
 
 
 def main(argv=None):

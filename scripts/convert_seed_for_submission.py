@@ -6,8 +6,8 @@ python scripts/convert_seed_for_submission.py --annotation-file SEED-Bench.json 
 
 import argparse
 
-from llava.eval.files import read_json, read_jsonl, write_jsonl
 from llava.eval.scorers.seed import score_seed, seed_upload
+from llava.utils.jsonfiles import read_json, read_jsonl, write_jsonl
 
 
 def main(argv=None):

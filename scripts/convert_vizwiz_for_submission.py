@@ -6,8 +6,8 @@ python scripts/convert_vizwiz_for_submission.py --annotation-file llava_test.jso
 
 import argparse
 
-from llava.eval.files import read_jsonl, write_json
 from llava.eval.scorers.vqa import vizwiz_upload
+from llava.utils.jsonfiles import read_jsonl, write_json
 
 
 def main(argv=None):

@@ -8,8 +8,8 @@ reads <dir>/answers/<split>/<ckpt>/merge.jsonl and <dir>/llava_vqav2_mscoco_test
 import argparse
 import os
 
-from llava.eval.files import read_jsonl, write_json
 from llava.eval.scorers.vqa import vqav2_upload
+from llava.utils.jsonfiles import read_jsonl, write_json
 
 
 def main(argv=None):

@@ -33,7 +33,7 @@ def processor(tiny_kit):
 
 @pytest.fixture()
 def data(tmp_path):
-    from llava.data.synthetic import generate
+    from llava.data.tools.synthetic import generate
 
     return generate(tmp_path / "data", n_train=10, n_eval=0, text_only_fraction=0.3, seed=1, progress=False)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llava.eval.files import read_json, read_jsonl
+from llava.utils.jsonfiles import read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = REPO.parent / "shared" / "data" / "eval"

@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from llava.eval.answer_runner import get_chunk, split_list
-from llava.eval.files import read_json, read_jsonl
+from llava.utils.jsonfiles import read_json, read_jsonl
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "eval"
 FIELDS = {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}

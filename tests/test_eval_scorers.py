@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from llava.eval.files import read_json, read_jsonl
 from llava.eval.scorers import gqa, mmbench, mme, mmvet, options, pope, scienceqa, seed, textvqa, vqa
 from llava.eval.scorers.llava_bench import mean_relative, summarize_reviews
+from llava.utils.jsonfiles import read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = Path(__file__).resolve().parent / "fixtures" / "eval"

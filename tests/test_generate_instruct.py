@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from llava.data.generate_instruct import describe, generate, load_prompts, main, parse_qa, pick_question
-from llava.eval.files import read_jsonl
+from llava.data.tools.generate_instruct import describe, generate, load_prompts, main, parse_qa, pick_question
+from llava.utils.jsonfiles import read_jsonl
 from llava.utils.openai_client import CachedChatClient, ChatRequestError, RetryPolicy
 
 REPO = Path(__file__).resolve().parents[1]

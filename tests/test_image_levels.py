@@ -74,7 +74,7 @@ def test_dataset_and_collator_keep_a_batch_uint8(tiny_kit, processor, tmp_path):
 
     from llava.data.collator import DataCollatorForSupervisedDataset
     from llava.data.dataset import LazySupervisedDataset
-    from llava.data.synthetic import generate
+    from llava.data.tools.synthetic import generate
     from llava.train.arguments import DataArguments
 
     data = generate(tmp_path / "data", n_train=10, n_eval=0, text_only_fraction=0.3, seed=1, progress=False)

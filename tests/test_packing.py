@@ -280,7 +280,7 @@ def _dataset(data, tokenizer, processor, version, **kw):
 
 @pytest.fixture()
 def data(tmp_path):
-    from llava.data.synthetic import generate
+    from llava.data.tools.synthetic import generate
 
     return generate(tmp_path / "data", n_train=8, n_eval=0, text_only_fraction=0.3, seed=2, progress=False)
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from llava.eval.files import read_jsonl
 from llava.eval.gpt_review import SYSTEM_PROMPT, parse_score
+from llava.utils.jsonfiles import read_jsonl
 from llava.utils.openai_client import CachedChatClient, ChatRequestError, ReplyCache, RetryPolicy
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "eval"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llava.data.synthetic import COLOURS, QUESTIONS, corpus, generate, main
+from llava.data.tools.synthetic import COLOURS, QUESTIONS, corpus, generate, main
 
 
 @pytest.fixture(scope="module")

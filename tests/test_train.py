@@ -29,7 +29,7 @@ def train_kit(tmp_path_factory) -> SimpleNamespace:
     )
     if not (root / "done").exists():
         from llava.conversation import get_conv_template
-        from llava.data.synthetic import corpus, generate
+        from llava.data.tools.synthetic import corpus, generate
         from llava.testing.tiny import build_small_tokenizer, make_tiny_clip, make_tiny_llm
 
         data = generate(root / "data", n_train=16, n_eval=0, text_only_fraction=0.25, seed=0, progress=False)

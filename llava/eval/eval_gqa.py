@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from llava.eval.files import read_json, read_jsonl
 from llava.eval.scorers.gqa import predictions_from_answers, score_gqa
+from llava.utils.jsonfiles import read_json, read_jsonl
 
 
 def main(argv=None) -> dict:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from llava.eval.files import read_jsonl
 from llava.eval.scorers.mmbench import read_tsv, score_mmbench
+from llava.utils.jsonfiles import read_jsonl
 
 
 def main(argv=None) -> dict:

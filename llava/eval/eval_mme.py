@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 
-from llava.eval.files import read_jsonl
 from llava.eval.scorers.mme import (
     COGNITION,
     PERCEPTION,
@@ -20,6 +19,7 @@ from llava.eval.scorers.mme import (
     totals,
 )
 from llava.utils.atomic import atomic_write_text
+from llava.utils.jsonfiles import read_jsonl
 
 
 def report(scores: dict) -> str:

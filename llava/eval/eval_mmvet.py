@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from llava.eval.files import read_json
 from llava.eval.scorers.mmvet import summarize_grades
+from llava.utils.jsonfiles import read_json
 
 
 def main(argv=None) -> dict:

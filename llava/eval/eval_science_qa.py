@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from llava.eval.files import read_json, read_jsonl, write_json
 from llava.eval.scorers.scienceqa import (
     OPTIONS,
     problems_from_llava,
     problems_from_scienceqa,
     score_scienceqa,
 )
+from llava.utils.jsonfiles import read_json, read_jsonl, write_json
 
 
 def load_problems(base_dir: str, question_file: str | None):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from llava.eval.files import read_json, read_jsonl
 from llava.eval.scorers.textvqa import score_textvqa
+from llava.utils.jsonfiles import read_json, read_jsonl
 
 
 def eval_single(annotation_file: str, result_file: str) -> float:

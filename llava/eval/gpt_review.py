@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm import tqdm
 
-from llava.eval.files import read_json, read_jsonl, read_jsonl_tolerant, write_jsonl
+from llava.utils.jsonfiles import read_json, read_jsonl, read_jsonl_tolerant, write_jsonl
 from llava.utils.openai_client import CachedChatClient
 
 SYSTEM_PROMPT = "You are a helpful and precise assistant for checking the quality of the answer."

@@ -12,7 +12,7 @@ import functools
 import os
 
 from llava.eval.answer_runner import EvalItem
-from llava.eval.files import read_json, read_jsonl
+from llava.utils.jsonfiles import read_json, read_jsonl
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 SINGLE_PRED_PROMPT_CN = "请直接回答选项字母。"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from llava.eval.files import read_jsonl
 from llava.eval.scorers.llava_bench import mean_relative, summarize_reviews
+from llava.utils.jsonfiles import read_jsonl
 
 _PREFIXES = ("gpt4_text", "reviews_", "review_")
 

@@ -2,7 +2,7 @@
 # Tiny recipe, stage 2 (visual instruction tuning): the flags of scripts/v1_5/finetune.sh with a tiny
 # model, tiny batches and the synthetic shapes data; the projector starts from stage 1's
 # mm_projector.bin. The tiny CLIP tower stays frozen as in the published recipe; the demo gives it
-# useful features first (llava/data/synthetic_tower.py), as real LLaVA starts from a pre-trained CLIP.
+# useful features first (llava/data/tools/synthetic_tower.py), as real LLaVA starts from a pre-trained CLIP.
 # Runs on a laptop CPU.
 #
 #   DATA=demo_out/data MODELS=demo_out/models OUT=demo_out/checkpoints bash scripts/tiny/finetune.sh

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llava.eval.files import read_jsonl
+from llava.utils.jsonfiles import read_jsonl
 
 LABEL_PREFIX, LABEL_SUFFIX = "coco_pope_", ".json"
 
