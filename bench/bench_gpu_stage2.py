@@ -62,8 +62,9 @@ def build_model(shape: dict, tower: dict, layers: int, device, dtype):
     """LlavaLlamaForCausalLM with a CLIP tower and mlp2x_gelu projector, random, built on `device`."""
     from transformers import AutoModel, AutoModelForCausalLM, CLIPVisionConfig
 
-    from llava.model import LlavaLlamaConfig
+    from llava.model import LlavaLlamaConfig, register_auto_classes
 
+    register_auto_classes()  # AutoModelForCausalLM below needs the llava_* types
     cfg = LlavaLlamaConfig(
         vocab_size=shape["vocab"],
         hidden_size=shape["hidden"],
@@ -357,8 +358,8 @@ def check_attention(model, instances, lengths, args, max_len, n_img, padded_coll
 
 def normalise_ms(n: int, tower: dict, device) -> float:
     """Milliseconds the vision tower spends turning a batch of `n` uint8 images (what the training
-    loader sends) into normalised floats on `device` (llava.data.image_transform.normalise_levels)."""
-    from llava.data.image_transform import normalise_levels
+    loader sends) into normalised floats on `device` (llava.images.transform.normalise_levels)."""
+    from llava.images.transform import normalise_levels
 
     levels = torch.randint(0, 256, (n, 3, tower["image"], tower["image"]), dtype=torch.uint8, device=device)
     table = torch.randn(3, 256, device=device)

@@ -43,6 +43,9 @@ def test_saved_config_and_keys_are_original_format(saved, tiny_kit):
 def test_round_trip_identical_logits_via_auto_class(model, saved):
     from transformers import AutoModelForCausalLM
 
+    from llava.model import register_auto_classes
+
+    register_auto_classes()  # no longer done at import time
     loaded = AutoModelForCausalLM.from_pretrained(saved).eval()
     assert type(loaded) is LlavaLlamaForCausalLM
     ids, img = prompt_ids(1, 300, "IMG", 400, 500), images(1)

@@ -109,8 +109,10 @@ def test_siglip_tower(tiny_kit, tmp_path):
 def test_other_llms_share_the_implementation(tiny_kit, tmp_path, arch, cls, model_type):
     from transformers import AutoModelForCausalLM
 
+    from llava.model import register_auto_classes
     from llava.testing.tiny import make_tiny_llm
 
+    register_auto_classes()  # no longer done at import time
     llm = make_tiny_llm(tmp_path / arch, arch=arch, tokenizer_dir=tiny_kit.tokenizer)
     model = build_tiny_llava(tiny_kit, cls=cls, llm_path=llm)
     ids, img = prompt_ids(1, 300, "IMG", 400), images(1)
@@ -207,13 +209,7 @@ def test_initialize_vision_tokenizer_adds_start_end(tiny_kit):
     model = build_tiny_llava(tiny_kit)
     tok = AutoTokenizer.from_pretrained(tiny_kit.tokenizer)
     emb = model.get_input_embeddings().weight.detach().clone()
-    args = types.SimpleNamespace(
-        mm_use_im_patch_token=False,
-        mm_use_im_start_end=True,
-        tune_mm_mlp_adapter=False,
-        pretrain_mm_mlp_adapter=None,
-    )
-    model.initialize_vision_tokenizer(args, tok)
+    model.initialize_vision_tokenizer(tok, mm_use_im_patch_token=False, mm_use_im_start_end=True)
     new = model.get_input_embeddings().weight
     assert tok.convert_tokens_to_ids(["<im_start>", "<im_end>"]) == [32000, 32001] and new.shape[0] == 32002
     torch.testing.assert_close(new[32000], emb.mean(dim=0))

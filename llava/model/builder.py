@@ -21,7 +21,7 @@ import torch
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 
 from .checkpoint import load_mm_projector_state, load_tensor_file, resolve_file
-from .language_model.llava_llm import llava_class_for_config
+from .language_model.llava_llm import llava_class_for_config, register_auto_classes
 
 logger = logging.getLogger(__name__)
 # Kept in full precision under 4/8-bit: plain names (matched as substrings by older transformers)
@@ -164,6 +164,7 @@ def load_pretrained_model(
 
     ``model_name`` is accepted for compatibility and not used to decide anything.
     """
+    register_auto_classes()  # text-only LLaVA checkpoints (llava_llama) load through the Auto classes
     model_path = os.fspath(model_path)
     model_base = os.fspath(model_base) if model_base is not None else None
     for path in (model_path, model_base):

@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 def _load(src: CheckpointFiles, dtype):
     from transformers import AutoModelForCausalLM
 
-    from . import llava_class_for_config
+    from . import llava_class_for_config, register_auto_classes
 
+    register_auto_classes()
     cfg_file = src.folder / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"--src {src.folder} has no config.json")

@@ -5,7 +5,9 @@ It adds no copy of the LLM: its ``forward`` splices image features into the toke
 calls the LLM's own ``forward`` with ``inputs_embeds``. The vision tower and projector live on the
 LLM's inner model (``model.get_model()``), which gets the ``LlavaMetaModel`` methods, so the
 state-dict keys are the original LLaVA ones: ``model.layers.*``, ``model.mm_projector.*``,
-``model.vision_tower.vision_tower.*``, ``lm_head.*``.
+``model.vision_tower.vision_tower.*``, ``lm_head.*``. ``get_parts()`` names the parts (vision tower,
+projector, LLM, head: llava.model.parts). The model never sets ``requires_grad``: which parts train is
+the trainer's policy (llava.train.freeze).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .multimodal_encoder.builder import build_vision_tower
 from .multimodal_inputs import splice_image_features
 from .multimodal_projector.builder import build_vision_projector
 from .packed_inputs import is_packed_batch, layout_for, splice_packed
+from .parts import IMAGE_NEWLINE, PROJECTOR, VISION_TOWER, LlavaParts
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +61,21 @@ class LlavaMetaModel:
         tower = getattr(self, "vision_tower", None)
         return tower[0] if isinstance(tower, list) else tower
 
-    def initialize_vision_modules(self, model_args, fsdp=None) -> None:
+    def initialize_vision_modules(self, model_args, fsdp=None) -> tuple[str, ...]:
         """Load the tower and build the projector from training args; record the ``mm_*`` config fields.
 
+        Returns the names of the parts it created (llava.model.parts: ``vision_tower``, ``projector``,
+        ``image_newline``): new, randomly initialised ones, where the model had none.
         Does not read ``pretrain_mm_mlp_adapter``: use ``llava.model.load_mm_projector_state``.
         """
         cfg = self.config
         cfg.mm_vision_tower = model_args.vision_tower
         tower = self.get_vision_tower()
+        created = []
         if tower is None:
             tower = build_vision_tower(model_args)
             self.vision_tower = [tower] if fsdp else tower
+            created.append(VISION_TOWER)
         else:
             tower.load_model()
         cfg.use_mm_proj = True
@@ -84,10 +91,11 @@ class LlavaMetaModel:
                 self.mm_projector.to(dtype=ref.dtype)
             if ref.device.type != "meta":
                 self.mm_projector.to(device=ref.device)
+            created.append(PROJECTOR)
             if "unpad" in cfg.mm_patch_merge_type:
                 self.image_newline = _newline_parameter(cfg.hidden_size, ref)
-        else:  # may have been frozen by LoRA
-            self.mm_projector.requires_grad_(True)
+                created.append(IMAGE_NEWLINE)
+        return tuple(created)
 
 
 @functools.cache
@@ -125,6 +133,23 @@ class LlavaMetaForCausalLM:
 
     def get_vision_tower(self):
         return self.get_model().get_vision_tower()
+
+    def get_parts(self) -> LlavaParts:
+        """The vision tower, projector, image_newline, LLM (decoder stack) and head, as modules."""
+        inner = self.get_model()
+        return LlavaParts(
+            vision_tower=self.get_vision_tower(),
+            projector=getattr(inner, "mm_projector", None),
+            llm=inner,
+            head=self.get_output_embeddings(),
+            image_newline=getattr(inner, "image_newline", None),
+        )
+
+    @classmethod
+    def multimodal_module_names(cls) -> tuple[str, ...]:
+        """Module paths of the parts this class adds to the LLM (``model.vision_tower``,
+        ``model.mm_projector``), known before a model exists: e.g. to keep them out of 4/8-bit quantisation."""
+        return (f"{cls.base_model_prefix}.vision_tower", f"{cls.base_model_prefix}.mm_projector")
 
     # ----- loading -----
     @classmethod
@@ -364,18 +389,26 @@ class LlavaMetaForCausalLM:
         return super().generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
     # ----- tokenizer -----
-    def initialize_vision_tokenizer(self, model_args, tokenizer) -> None:
-        """Add ``<im_patch>`` / ``<im_start>`` ``<im_end>`` as the original does and size the embeddings."""
-        if getattr(model_args, "mm_use_im_patch_token", False):
+    def initialize_vision_tokenizer(
+        self,
+        tokenizer,
+        *,
+        mm_use_im_start_end: bool = False,
+        mm_use_im_patch_token: bool = False,
+        pretrained_adapter: str | None = None,
+    ) -> bool:
+        """Add ``<im_patch>`` / ``<im_start>`` ``<im_end>`` as the original does and size the embeddings.
+
+        The new ``<im_start>``/``<im_end>`` rows start at the mean of the others, then from stage 1's
+        ``model.embed_tokens.weight`` when ``pretrained_adapter`` (its mm_projector.bin) is given.
+        Returns True when it added ``<im_start>``/``<im_end>``: then their input embeddings must learn
+        (the projector stage trains the input embeddings; the caller sets that, see llava.train.freeze).
+        """
+        if mm_use_im_patch_token:
             tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
             self._fit_embeddings(len(tokenizer))
-        if not getattr(model_args, "mm_use_im_start_end", False):
-            if getattr(model_args, "mm_use_im_patch_token", False) and getattr(
-                model_args, "tune_mm_mlp_adapter", False
-            ):
-                self.get_input_embeddings().requires_grad_(False)
-                self.get_output_embeddings().requires_grad_(False)
-            return
+        if not mm_use_im_start_end:
+            return False
         added = tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
         self._fit_embeddings(len(tokenizer))
         new_ids = tokenizer.convert_tokens_to_ids([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN])
@@ -384,15 +417,12 @@ class LlavaMetaForCausalLM:
             first = min(new_ids)  # the rows before the added tokens
             inp[new_ids] = inp[:first].mean(dim=0, keepdim=True)
             out[new_ids] = out[:first].mean(dim=0, keepdim=True)
-        if getattr(model_args, "tune_mm_mlp_adapter", False):
-            self.get_input_embeddings().requires_grad_(True)
-            self.get_output_embeddings().requires_grad_(False)
-        adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
-        if adapter:
-            stored = load_tensor_file(adapter).get("model.embed_tokens.weight")
+        if pretrained_adapter:
+            stored = load_tensor_file(pretrained_adapter).get("model.embed_tokens.weight")
             if stored is None:
                 raise ValueError(
-                    f"{adapter} has no model.embed_tokens.weight for the <im_start>/<im_end> tokens"
+                    f"{pretrained_adapter} has no model.embed_tokens.weight for the <im_start>/<im_end> "
+                    "tokens"
                 )
             if stored.shape == inp.shape:
                 inp[new_ids] = stored[new_ids].to(inp)
@@ -400,9 +430,10 @@ class LlavaMetaForCausalLM:
                 inp[new_ids] = stored.to(inp)
             else:
                 raise ValueError(
-                    f"embed_tokens in {adapter} has shape {tuple(stored.shape)}; expected {tuple(inp.shape)} "
-                    f"or {len(new_ids)} rows (the added tokens)"
+                    f"embed_tokens in {pretrained_adapter} has shape {tuple(stored.shape)}; expected "
+                    f"{tuple(inp.shape)} or {len(new_ids)} rows (the added tokens)"
                 )
+        return True
 
     def _fit_embeddings(self, vocab: int) -> None:
         if vocab > self.get_input_embeddings().weight.shape[0]:

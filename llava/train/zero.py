@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from llava.model.parts import base_llava_model
+
 logger = logging.getLogger(__name__)
 
 
@@ -61,21 +63,21 @@ def gather_named(named_params: Iterable[tuple[str, torch.Tensor]]) -> dict[str, 
         return {name: p.detach().cpu().clone() for name, p in named}
 
 
-def strip_peft_prefix(name: str) -> str:
-    """`base_model.model.model.mm_projector.0.weight` -> `model.mm_projector.0.weight`."""
-    return name[len("base_model.model.") :] if name.startswith("base_model.model.") else name
+def mm_adapter_state(model: torch.nn.Module, with_embeddings: bool = False) -> dict[str, torch.Tensor]:
+    """The projector (and, `with_embeddings` for im_start/end tokens, the input embeddings) as saved in
+    mm_projector.bin, found by module identity (llava.model.parts), also under PEFT.
 
-
-def mm_adapter_state(model: torch.nn.Module, use_im_start_end: bool = False) -> dict[str, torch.Tensor]:
-    """The projector (and, with im_start/end tokens, the input embeddings) as saved in mm_projector.bin.
-
-    Keys are the original's: `model.mm_projector.0.weight`, ... (`model.embed_tokens.weight`).
+    Keys are the original's, the names in the LLaVA model: `model.mm_projector.0.weight`, ...
+    (`model.embed_tokens.weight`).
     """
-    keys = ["mm_projector", "vision_resampler"] + (["embed_tokens", "embed_in"] if use_im_start_end else [])
-    named = [(strip_peft_prefix(n), p) for n, p in model.named_parameters() if any(k in n for k in keys)]
-    if not any("mm_projector" in n for n, _ in named):
+    base = base_llava_model(model)
+    parts = base.get_parts()
+    if parts.projector is None or not list(parts.projector.parameters()):
         raise ValueError("the model has no mm_projector parameters to save (was --vision_tower given?)")
-    return gather_named(named)
+    wanted = {id(p) for p in parts.projector.parameters()}
+    if with_embeddings:
+        wanted |= {id(p) for p in parts.embeddings.parameters()}
+    return gather_named([(n, p) for n, p in base.named_parameters() if id(p) in wanted])
 
 
 def lora_state(
