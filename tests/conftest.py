@@ -37,3 +37,21 @@ def llama2_legacy_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "llama2-legacy")
+
+
+@pytest.fixture(scope="module")
+def kit_tokenizer(tiny_kit):
+    """The tiny kit's tokenizer as training sets it up: 256 tokens, right padding, pad = unk."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_kit.tokenizer, model_max_length=256, padding_side="right")
+    tok.pad_token = tok.unk_token
+    return tok
+
+
+@pytest.fixture(scope="module")
+def kit_processor(tiny_kit):
+    """The tiny kit's CLIP image processor."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(tiny_kit.vision)

@@ -10,25 +10,20 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.data import length_cache
 from llava.data.collator import DataCollatorForSupervisedDataset
 from llava.data.dataset import BadSampleError, LazySupervisedDataset, make_supervised_data_module
+from llava.data.sample_format import SampleFormat
 from llava.train.arguments import DataArguments
 
 N_IMAGE_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_kit):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_kit.tokenizer, model_max_length=256, padding_side="right")
-    tok.pad_token = tok.unk_token
-    return tok
+def tokenizer(kit_tokenizer):
+    return kit_tokenizer
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_kit):
-    from transformers import AutoImageProcessor
-
-    return AutoImageProcessor.from_pretrained(tiny_kit.vision)
+def processor(kit_processor):
+    return kit_processor
 
 
 @pytest.fixture()
@@ -39,11 +34,22 @@ def data(tmp_path):
 
 
 def _args(data, processor, path_key="finetune", **kw):
-    args = DataArguments(data_path=str(data[path_key]), image_folder=str(data["images"]), **kw)
-    args.is_multimodal = True
-    args.image_processor = processor
-    args.num_image_tokens = N_IMAGE_TOKENS
-    return args
+    return DataArguments(data_path=str(data[path_key]), image_folder=str(data["images"]), **kw)
+
+
+def _fmt(args, processor, template, tokenizer, num_image_tokens=N_IMAGE_TOKENS):
+    return SampleFormat(
+        template,
+        tokenizer.model_max_length,
+        is_multimodal=True,
+        image_aspect_ratio=args.image_aspect_ratio,
+        num_image_tokens=num_image_tokens,
+        image_processor=processor,
+    )
+
+
+def _dataset(path, tokenizer, args, processor, template, **kw):
+    return LazySupervisedDataset(str(path), tokenizer, args, _fmt(args, processor, template, tokenizer, **kw))
 
 
 def _write(path: Path, samples) -> Path:
@@ -52,7 +58,7 @@ def _write(path: Path, samples) -> Path:
 
 
 def test_lengths_are_real_token_counts_and_modality_signed(data, processor, tokenizer):
-    ds = LazySupervisedDataset(str(data["finetune"]), tokenizer, _args(data, processor), conv_version="v1")
+    ds = _dataset(data["finetune"], tokenizer, _args(data, processor), processor, "v1")
     lengths, modality = ds.lengths, ds.modality_lengths
     assert len(lengths) == len(ds) == 13
     n_text = 0
@@ -68,7 +74,7 @@ def test_lengths_are_real_token_counts_and_modality_signed(data, processor, toke
 
 def test_length_cache_next_to_data_keyed_by_template_and_tokenizer(data, processor, tokenizer, monkeypatch):
     args = _args(data, processor)
-    first = LazySupervisedDataset(str(data["finetune"]), tokenizer, args, conv_version="v1").lengths
+    first = _dataset(data["finetune"], tokenizer, args, processor, "v1").lengths
     caches = list((data["finetune"].parent / ".llava_cache").glob("finetune.json.*.lengths.json"))
     assert len(caches) == 1
 
@@ -76,37 +82,28 @@ def test_length_cache_next_to_data_keyed_by_template_and_tokenizer(data, process
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(length_cache, "count_all", no_counting)
-    assert LazySupervisedDataset(str(data["finetune"]), tokenizer, args, conv_version="v1").lengths == first
+    assert _dataset(data["finetune"], tokenizer, args, processor, "v1").lengths == first
     monkeypatch.undo()
     # another template renders other tokens: a new cache file, other lengths
-    other = LazySupervisedDataset(
-        str(data["finetune"]), tokenizer, args, conv_version="llava_llama_2"
-    ).lengths
+    other = _dataset(data["finetune"], tokenizer, args, processor, "llava_llama_2").lengths
     assert other != first
     assert len(list((data["finetune"].parent / ".llava_cache").glob("*.lengths.json"))) == 2
     short = type(tokenizer).from_pretrained(tokenizer.name_or_path, model_max_length=256)
     short.pad_token = short.unk_token
     short.add_tokens(["<extra_tok>"])  # a changed tokenizer is a different key
-    key_a = length_cache.cache_key(data["finetune"], tokenizer, length_cache.LengthOptions("v1", False, True))
-    key_b = length_cache.cache_key(data["finetune"], short, length_cache.LengthOptions("v1", False, True))
+    fmt = SampleFormat("v1", 256, is_multimodal=True)
+    key_a = length_cache.cache_key(data["finetune"], tokenizer, fmt)
+    key_b = length_cache.cache_key(data["finetune"], short, fmt)
     assert key_a != key_b
 
 
 def test_pad_aspect_ratio_pads_with_the_processor_mean(data, processor, tokenizer):
     # synthetic images are 96x72 (landscape): "pad" adds bands above and below, filled with the mean,
     # which normalises to ~0; "square" centre-crops, so its top row is picture, not the fill colour.
-    padded = LazySupervisedDataset(
-        str(data["pretrain"]),
-        tokenizer,
-        _args(data, processor, "pretrain", image_aspect_ratio="pad"),
-        "plain",
-    )[0]["image"]
-    cropped = LazySupervisedDataset(
-        str(data["pretrain"]),
-        tokenizer,
-        _args(data, processor, "pretrain", image_aspect_ratio="square"),
-        "plain",
-    )[0]["image"]
+    pad = _args(data, processor, "pretrain", image_aspect_ratio="pad")
+    padded = _dataset(data["pretrain"], tokenizer, pad, processor, "plain")[0]["image"]
+    square = _args(data, processor, "pretrain", image_aspect_ratio="square")
+    cropped = _dataset(data["pretrain"], tokenizer, square, processor, "plain")[0]["image"]
     size = processor.crop_size["height"]
     assert padded.shape == cropped.shape == (3, size, size)
     clean = size * (96 - 72) // 2 // 96 - 2  # padding rows after resizing, less the bicubic blur
@@ -120,7 +117,7 @@ def test_pad_aspect_ratio_pads_with_the_processor_mean(data, processor, tokenize
 
 
 def test_text_only_sample_gets_a_zero_image_when_multimodal(data, processor, tokenizer):
-    ds = LazySupervisedDataset(str(data["finetune"]), tokenizer, _args(data, processor), conv_version="v1")
+    ds = _dataset(data["finetune"], tokenizer, _args(data, processor), processor, "v1")
     i = next(i for i, s in enumerate(ds.list_data_dict) if "image" not in s)
     item = ds[i]
     assert torch.count_nonzero(item["image"]) == 0
@@ -136,7 +133,7 @@ def _one_bad(data, tmp_path, image):
 
 def test_missing_image_is_an_error_naming_file_and_sample(data, processor, tokenizer, tmp_path):
     path = _one_bad(data, tmp_path, "nowhere/missing.png")
-    ds = LazySupervisedDataset(str(path), tokenizer, _args(data, processor), conv_version="plain")
+    ds = _dataset(path, tokenizer, _args(data, processor), processor, "plain")
     with pytest.raises(BadSampleError, match=r"(?s)broken-one.*missing\.png.*--skip_bad_samples") as e:
         ds.prepare()
     assert e.value.sample_id == "broken-one" and e.value.index == 2
@@ -144,9 +141,7 @@ def test_missing_image_is_an_error_naming_file_and_sample(data, processor, token
 
 def test_missing_image_skipped_and_counted_with_the_flag(data, processor, tokenizer, tmp_path, caplog):
     path = _one_bad(data, tmp_path, "nowhere/missing.png")
-    ds = LazySupervisedDataset(
-        str(path), tokenizer, _args(data, processor, skip_bad_samples=True), conv_version="plain"
-    )
+    ds = _dataset(path, tokenizer, _args(data, processor, skip_bad_samples=True), processor, "plain")
     with caplog.at_level("WARNING"):
         ds.prepare()
     assert len(ds) == 3 and all(s["id"] != "broken-one" for s in ds.list_data_dict)
@@ -157,13 +152,11 @@ def test_missing_image_skipped_and_counted_with_the_flag(data, processor, tokeni
 def test_corrupt_image_error_or_replacement_by_same_modality(data, processor, tokenizer, tmp_path):
     (data["images"] / "corrupt.png").write_bytes(b"not a png at all")
     path = _one_bad(data, tmp_path, "corrupt.png")
-    strict = LazySupervisedDataset(str(path), tokenizer, _args(data, processor), conv_version="plain")
+    strict = _dataset(path, tokenizer, _args(data, processor), processor, "plain")
     strict.prepare()  # the file exists: found only when loaded
     with pytest.raises(BadSampleError, match=r"(?s)broken-one.*corrupt\.png.*cannot be read"):
         strict[2]
-    lenient = LazySupervisedDataset(
-        str(path), tokenizer, _args(data, processor, skip_bad_samples=True), conv_version="plain"
-    )
+    lenient = _dataset(path, tokenizer, _args(data, processor, skip_bad_samples=True), processor, "plain")
     item = lenient[2]
     assert lenient.skipped == 1
     assert torch.equal(item["input_ids"], lenient[3]["input_ids"])  # the next image sample instead
@@ -179,14 +172,14 @@ def test_bad_conversation_reported_before_training(data, processor, tokenizer, t
         }
     )
     path = _write(tmp_path / "conv.json", samples)
-    ds = LazySupervisedDataset(str(path), tokenizer, _args(data, processor), conv_version="v1")
+    ds = _dataset(path, tokenizer, _args(data, processor), processor, "v1")
     with pytest.raises(BadSampleError, match=r"(?s)2 of 7 samples.*no-reply.*stray-marker"):
         ds.prepare()
 
 
 def test_collator_pads_right_truncates_and_batches_images(data, processor, tokenizer):
     args = _args(data, processor)
-    module = make_supervised_data_module(tokenizer, args)
+    module = make_supervised_data_module(tokenizer, args, _fmt(args, processor, "v1", tokenizer))
     ds, collate = module["train_dataset"], module["data_collator"]
     items = [ds[i] for i in range(4)]
     batch = collate(items)
@@ -204,8 +197,9 @@ def test_collator_pads_right_truncates_and_batches_images(data, processor, token
     )
     short.tokenizer.pad_token = short.tokenizer.unk_token
     short.tokenizer.model_max_length = 7
-    cut = short(items)
-    assert cut["input_ids"].shape == (4, 7) and torch.equal(cut["input_ids"][0], items[0]["input_ids"][:7])
+    # the dataset cut every sample to the budget; the collator only asserts, naming length and budget
+    with pytest.raises(ValueError, match=r"instance 0 of the batch is \d+ tokens .*length budget is 7"):
+        short(items)
 
 
 def test_image_tokens_count_against_model_max_length(data, processor, tokenizer):
@@ -214,10 +208,10 @@ def test_image_tokens_count_against_model_max_length(data, processor, tokenizer)
     short = AutoTokenizer.from_pretrained(tokenizer.name_or_path, model_max_length=20)
     short.pad_token = short.unk_token
     args = _args(data, processor, "pretrain")  # plain: <image> + caption; 16 image tokens
-    ds = LazySupervisedDataset(str(data["pretrain"]), short, args, conv_version="plain")
+    ds = _dataset(data["pretrain"], short, args, processor, "plain")
     item = ds[0]
     assert len(item["input_ids"]) == 20 - 15  # what is left beside the 16 image features
     assert (item["labels"] != IGNORE_INDEX).any()
-    args.num_image_tokens = 19  # now only BOS and the image fit: nothing to learn
+    # 19 image tokens: now only BOS and the image fit, nothing to learn
     with pytest.raises(BadSampleError, match=r"no target token fits in --model_max_length 20"):
-        LazySupervisedDataset(str(data["pretrain"]), short, args, conv_version="plain")[0]
+        _dataset(data["pretrain"], short, args, processor, "plain", num_image_tokens=19)[0]

@@ -271,11 +271,15 @@ def test_packed_sampler_fills_every_micro_batch_of_a_small_tail():
 # ------------------------------------------------------------------ token cache and image path
 def _dataset(data, tokenizer, processor, version, **kw):
     from llava.data.dataset import LazySupervisedDataset
+    from llava.data.sample_format import SampleFormat
     from llava.train.arguments import DataArguments
 
     args = DataArguments(data_path=str(data["finetune"]), image_folder=str(data["images"]), **kw)
-    args.is_multimodal, args.image_processor, args.num_image_tokens = True, processor, N_IMG
-    return LazySupervisedDataset(str(data["finetune"]), tokenizer, args, conv_version=version)
+    fmt = SampleFormat(version, tokenizer.model_max_length, is_multimodal=True, image_processor=processor,
+                       image_aspect_ratio=args.image_aspect_ratio, num_image_tokens=N_IMG)  # fmt: skip
+    dataset = LazySupervisedDataset(str(data["finetune"]), tokenizer, args, fmt)
+    dataset.args = args  # for a second dataset of the same flags
+    return dataset
 
 
 @pytest.fixture()
@@ -306,7 +310,7 @@ def test_cached_tokens_equal_tokenising_each_sample(data, tokenizer, processor):
 
     cached = _dataset(data, tokenizer, processor, "v1", image_aspect_ratio="pad")
     cached.prepare()
-    lazy = LazySupervisedDataset(cached.data_path, tokenizer, cached.data_args, conv_version="v1")
+    lazy = LazySupervisedDataset(cached.data_path, tokenizer, cached.args, cached.sample_format)
     assert lazy._tokens is None  # not prepared: the per-sample path
     for i in range(len(cached)):
         a, b = cached[i], lazy[i]
@@ -356,7 +360,7 @@ def test_fast_image_path_equals_process_images(processor):
     import numpy as np
     from PIL import Image
 
-    from llava.data.image_transform import ImageTransform
+    from llava.images.transform import ImageTransform
     from llava.mm_utils import process_images
 
     rng = np.random.default_rng(0)

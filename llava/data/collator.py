@@ -1,4 +1,4 @@
-"""Batching for supervised training: right padding, truncation to model_max_length, images batched."""
+"""Batching for supervised training: right padding, images batched; the length budget is asserted."""
 
 from __future__ import annotations
 
@@ -8,24 +8,35 @@ from dataclasses import dataclass
 import torch
 
 from llava.constants import IGNORE_INDEX
+from llava.data.length_budget import LengthBudget
+from llava.data.sample_format import SampleFormat
 
 
 @dataclass
 class DataCollatorForSupervisedDataset:
     """Collate examples for supervised fine-tuning.
 
-    `input_ids` are right-padded with the tokenizer's pad id, `labels` with IGNORE_INDEX, both cut
-    to `tokenizer.model_max_length`. The attention mask comes from the lengths, not from the pad id,
-    so a pad token that also occurs in text (e.g. pad = eos) is still attended to. `images` is one
-    tensor [B, 3, H, W] when all images share a shape, else a list; `image_sizes` lists (w, h).
+    `input_ids` are right-padded with the tokenizer's pad id, `labels` with IGNORE_INDEX. The
+    dataset has cut every sample to the length budget of `sample_format` (llava.data.length_budget);
+    an instance over it is an error naming its length and the budget, never cut here. Without a
+    `sample_format` the budget is `tokenizer.model_max_length`, an image placeholder counted as
+    one token. The attention mask comes from the lengths, not from the pad id, so a pad token that
+    also occurs in text (e.g. pad = eos) is still attended to. `images` is one tensor [B, 3, H, W]
+    when all images share a shape, else a list; `image_sizes` lists (w, h).
 
-    With `packing=True` the instances are packed into rows of at most `model_max_length` tokens
-    the LLM sees (`num_image_tokens` per image placeholder): see llava.data.packing.collate_packed.
+    With `packing=True` the instances are packed into rows of at most the budget's `max_length`
+    tokens the LLM sees (its `image_tokens` per image placeholder): see llava.data.packing.collate_packed.
     """
 
     tokenizer: object
+    sample_format: SampleFormat | None = None
     packing: bool = False
-    num_image_tokens: int = 0
+
+    @property
+    def budget(self) -> LengthBudget:
+        if self.sample_format is not None:
+            return self.sample_format.budget
+        return LengthBudget(self.tokenizer.model_max_length)
 
     def __call__(self, instances: Sequence[dict]) -> dict:
         pad_id = self.tokenizer.pad_token_id
@@ -34,18 +45,15 @@ class DataCollatorForSupervisedDataset:
                 f"tokenizer {type(self.tokenizer).__name__} has no pad token; set tokenizer.pad_token "
                 "(train() uses the unk token, as the original LLaVA)"
             )
-        max_len = self.tokenizer.model_max_length
+        budget = self.budget
         if self.packing:
             from llava.data.packing import collate_packed
 
-            cut = [
-                dict(inst, input_ids=inst["input_ids"][:max_len], labels=inst["labels"][:max_len])
-                for inst in instances
-            ]
-            return collate_packed(cut, pad_id, max_len, self.num_image_tokens)
-        ids = [torch.as_tensor(inst["input_ids"])[:max_len] for inst in instances]
-        labels = [torch.as_tensor(inst["labels"])[:max_len] for inst in instances]
+            return collate_packed(instances, pad_id, budget.max_length, budget.image_tokens)
+        ids = [torch.as_tensor(inst["input_ids"]) for inst in instances]
+        labels = [torch.as_tensor(inst["labels"]) for inst in instances]
         for n, (a, b) in enumerate(zip(ids, labels)):
+            budget.check(a, f"instance {n} of the batch")
             if a.shape != b.shape:
                 raise ValueError(
                     f"instance {n}: input_ids {tuple(a.shape)} and labels {tuple(b.shape)} differ"

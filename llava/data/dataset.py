@@ -3,18 +3,19 @@
 A sample is `{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}, ...]}`; samples
 without "image" are text-only. `__getitem__` returns `input_ids` and `labels` (from
 `llava.data.preprocess`) and, for a multimodal model, `image` (a zero image for text-only samples,
-so every sample of a batch carries one). After `prepare()` the ids and labels come from the token
-cache (tokenised once per data file, tokenizer and template: llava.data.length_cache) and images
-go through `llava.data.image_transform` (decode, pad, resize, normalise in one pass), so a
-DataLoader worker does no per-sample work that could be done once. Bad samples stop training with an error that names the
-sample and the file, or with `--skip_bad_samples True` are dropped (found before training) or
-replaced by the next good sample of the same modality (found while loading) and counted.
+so every sample of a batch carries one). How a sample becomes ids, labels and pixels is the
+`SampleFormat` given to the dataset (llava.data.sample_format); the length budget
+(llava.data.length_budget) cuts each sample once, when it is tokenised. After `prepare()` the ids
+and labels come from the token cache (tokenised once per data file, tokenizer and format:
+llava.data.length_cache) and images go through `llava.images.transform` (decode, pad, resize,
+normalise in one pass), so a DataLoader worker does no per-sample work that could be done once.
+Bad samples stop training with an error that names the sample and the file, or with
+`--skip_bad_samples True` are dropped (found before training) or replaced by the next good sample
+of the same modality (found while loading) and counted.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,9 +23,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from llava.constants import IGNORE_INDEX
-from llava.data.image_transform import ImageTransform
-from llava.data.length_cache import LengthOptions, load_or_build
+from llava.data.length_cache import load_or_build
+from llava.data.sample_format import SampleFormat
+from llava.images.transform import ImageTransform
 
 logger = logging.getLogger(__name__)
 
@@ -41,19 +42,17 @@ class BadSampleError(ValueError):
 
 
 def load_samples(data_path: str | os.PathLike) -> list[dict]:
-    """The JSON list of samples in `data_path` (a .jsonl file is read line by line)."""
+    """The JSON list of samples in `data_path` (a .jsonl file is read line by line); errors name the file
+    and, for JSON lines, the line."""
+    from llava.utils.jsonfiles import read_json, read_jsonl
+
     path = Path(data_path)
     if not path.is_file():
         raise FileNotFoundError(f"--data_path {path} does not exist")
     try:
-        if path.suffix == ".jsonl":
-            with open(path) as f:
-                samples = [json.loads(line) for line in f if line.strip()]
-        else:
-            with open(path) as f:
-                samples = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--data_path {path} is not valid JSON: {e}") from e
+        samples = read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
+    except ValueError as e:
+        raise ValueError(f"--data_path {e}") from None
     if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
         raise ValueError(f"--data_path {path} must hold a JSON list of sample objects")
     if not samples:
@@ -75,14 +74,27 @@ def check_sample_shape(sample: dict, is_multimodal: bool) -> str | None:
 
 
 class LazySupervisedDataset(Dataset):
-    """Dataset for supervised fine-tuning; samples are tokenised when they are loaded."""
+    """Dataset for supervised fine-tuning; samples are tokenised when they are loaded.
 
-    def __init__(self, data_path: str, tokenizer, data_args, conv_version: str | None = None):
+    `data_args`: the run's data flags (`image_folder`, `skip_bad_samples`, `lengths_cache_dir`,
+    e.g. DataArguments), read here once. `sample_format`: how samples become ids, labels and pixels.
+    """
+
+    def __init__(self, data_path: str, tokenizer, data_args, sample_format: SampleFormat):
         super().__init__()
+        if not isinstance(sample_format, SampleFormat):
+            raise TypeError(
+                "LazySupervisedDataset(data_path, tokenizer, data_args, sample_format) needs a "
+                "llava.data.sample_format.SampleFormat (SampleFormat.for_model(model, tokenizer, template) "
+                f"after the model is set up), got {type(sample_format).__name__}"
+            )
         self.data_path = str(data_path)
         self.tokenizer = tokenizer
-        self.data_args = data_args
-        self.conv_version = conv_version or getattr(data_args, "conv_version", None)
+        self.sample_format = sample_format
+        self.budget = sample_format.budget
+        self.image_folder = data_args.image_folder or ""
+        self.skip_bad_samples = bool(data_args.skip_bad_samples)
+        self.lengths_cache_dir = data_args.lengths_cache_dir
         self.list_data_dict = load_samples(data_path)
         self._text_lengths: list[int] | None = None
         self._tokens = None  # TokenStore after prepare()
@@ -90,6 +102,7 @@ class LazySupervisedDataset(Dataset):
         self._transform: ImageTransform | None | bool = False  # False: not built yet
         self.skipped = 0  # samples replaced while loading (per process)
         self._failed: set[int] = set()
+        self.cut = 0  # samples the length budget cut (after prepare())
 
     def __len__(self) -> int:
         return len(self.list_data_dict)
@@ -97,12 +110,12 @@ class LazySupervisedDataset(Dataset):
     # ---------------------------------------------------------------- validation and lengths
     @property
     def is_multimodal(self) -> bool:
-        return bool(getattr(self.data_args, "is_multimodal", False))
+        return self.sample_format.is_multimodal
 
     def _missing_images(self) -> dict[int, str]:
         from tqdm import tqdm
 
-        folder = getattr(self.data_args, "image_folder", None) or ""
+        folder = self.image_folder
         errors = {}
         samples = tqdm(
             self.list_data_dict, desc="checking image files", mininterval=5, disable=len(self) < 10000
@@ -116,9 +129,6 @@ class LazySupervisedDataset(Dataset):
         """Count tokens (cached next to the data), check images exist; raise on or drop bad samples."""
         if self._text_lengths is not None:
             return
-        opts = LengthOptions(
-            self.conv_version, bool(getattr(self.data_args, "mm_use_im_start_end", False)), self.is_multimodal
-        )
         errors = {
             i: err
             for i, s in enumerate(self.list_data_dict)
@@ -126,14 +136,13 @@ class LazySupervisedDataset(Dataset):
         }
         good = [s for i, s in enumerate(self.list_data_dict) if i not in errors]
         good_index = [i for i in range(len(self.list_data_dict)) if i not in errors]
-        cache = load_or_build(
-            self.data_path, good, self.tokenizer, opts, getattr(self.data_args, "lengths_cache_dir", None)
-        )
+        cache = load_or_build(self.data_path, good, self.tokenizer, self.sample_format, self.lengths_cache_dir)
         counts, count_errors = cache.lengths, cache.errors
         lengths = dict(zip(good_index, counts))
         rows = {i: k for k, i in enumerate(good_index)}
         errors.update({good_index[j]: err for j, err in count_errors.items()})
         errors.update({i: e for i, e in self._missing_images().items() if i not in errors})
+        was_cut = {good_index[j] for j in cache.cut} - set(errors)
         if errors:
             self._report(errors)
             keep = [i for i in range(len(self.list_data_dict)) if i not in errors]
@@ -144,14 +153,13 @@ class LazySupervisedDataset(Dataset):
                 raise ValueError(f"no usable samples left in {self.data_path}")
         self._text_lengths = [lengths[i] for i in range(len(self.list_data_dict))]
         self._tokens, self._token_rows = cache.tokens, [rows[i] for i in range(len(self.list_data_dict))]
-        max_len = self.tokenizer.model_max_length
-        too_long = sum(1 for n in self.lengths if n > max_len)
-        if too_long:
+        self.cut = len(was_cut)
+        if was_cut:
             logger.warning(
-                "%d of %d samples are longer than --model_max_length %d (image tokens included) and will be cut",
-                too_long,
+                "%d of %d samples are longer than --model_max_length %d (image tokens included): cut",
+                len(was_cut),
                 len(self),
-                max_len,
+                self.budget.max_length,
             )
 
     def _report(self, errors: dict[int, str]) -> None:
@@ -163,7 +171,7 @@ class LazySupervisedDataset(Dataset):
             f"\n  ... and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""
         )
         summary = f"{len(errors)} of {len(self.list_data_dict)} samples in {self.data_path} are unusable:\n"
-        if not getattr(self.data_args, "skip_bad_samples", False):
+        if not self.skip_bad_samples:
             raise BadSampleError(
                 summary
                 + listed
@@ -176,10 +184,10 @@ class LazySupervisedDataset(Dataset):
 
     @property
     def lengths(self) -> list[int]:
-        """Tokens per sample the model sees: text tokens plus the image's tokens."""
+        """Tokens per sample the model sees after the cut: `LengthBudget.cost` of text and images."""
         self.prepare()
-        n_img = int(getattr(self.data_args, "num_image_tokens", 0) or 0)
-        return [t + (n_img if "image" in s else 0) for t, s in zip(self._text_lengths, self.list_data_dict)]
+        cost = self.budget.cost
+        return [cost(t, 1 if "image" in s else 0) for t, s in zip(self._text_lengths, self.list_data_dict)]
 
     @property
     def modality_lengths(self) -> list[int]:
@@ -192,10 +200,10 @@ class LazySupervisedDataset(Dataset):
 
         from llava.mm_utils import process_images
 
-        processor = getattr(self.data_args, "image_processor", None)
+        processor = self.sample_format.image_processor
         if processor is None:
-            raise ValueError("data_args.image_processor is not set: the model has no vision tower")
-        path = os.path.join(getattr(self.data_args, "image_folder", None) or "", sample["image"])
+            raise ValueError("the SampleFormat has no image_processor: the model has no vision tower")
+        path = os.path.join(self.image_folder, sample["image"])
         try:
             with Image.open(path) as im:
                 im.load()
@@ -206,38 +214,36 @@ class LazySupervisedDataset(Dataset):
             raise self._error(i, f"image file {path} cannot be read ({type(e).__name__}: {e})") from e
         transform = self._image_transform()
         if transform is None:
-            return process_images([image], processor, self.data_args)[0], image.size
-        if getattr(self.data_args, "uint8_images", False):
+            return process_images([image], processor, self.sample_format)[0], image.size
+        if self.sample_format.uint8_images:
             return transform.levels(image), image.size
         return transform(image), image.size
 
     def _image_transform(self) -> ImageTransform | None:
         if self._transform is False:
             self._transform = ImageTransform.from_processor(
-                self.data_args.image_processor, getattr(self.data_args, "image_aspect_ratio", None)
+                self.sample_format.image_processor, self.sample_format.image_aspect_ratio
             )
         return self._transform
 
     def _zero_image(self):
         """The stand-in image of a text-only sample (its features are never used), in the dtype
         the real images of the batch have."""
-        processor = self.data_args.image_processor
+        processor = self.sample_format.image_processor
         crop = getattr(processor, "crop_size", None) or processor.size
         h, w = (crop["height"], crop["width"]) if "height" in crop else (crop["shortest_edge"],) * 2
-        uint8 = getattr(self.data_args, "uint8_images", False) and self._image_transform() is not None
+        uint8 = self.sample_format.uint8_images and self._image_transform() is not None
         return torch.zeros(3, h, w, dtype=torch.uint8 if uint8 else torch.float32), (w, h)
 
     def _error(self, i: int, message: str) -> BadSampleError:
         sid = self.list_data_dict[i].get("id", "?")
-        hint = (
-            "" if getattr(self.data_args, "skip_bad_samples", False) else " (or pass --skip_bad_samples True)"
-        )
+        hint = "" if self.skip_bad_samples else " (or pass --skip_bad_samples True)"
         return BadSampleError(
             f"sample {sid!r} (index {i}) of {self.data_path}: {message}{hint}", sample_id=sid, index=i
         )
 
     def _load(self, i: int) -> dict:
-        from llava.data.preprocess import SampleError, preprocess, preprocess_multimodal
+        from llava.data.preprocess import SampleError
 
         sample = self.list_data_dict[i]
         problem = check_sample_shape(sample, self.is_multimodal)
@@ -251,34 +257,12 @@ class LazySupervisedDataset(Dataset):
             item["image"], item["image_size"] = self._zero_image()
         if self._tokens is not None:
             ids, labels = self._tokens.get(self._token_rows[i])
-        else:  # not prepared: tokenise this one sample now
-            sources = [copy.deepcopy(sample["conversations"])]
-            if has_image:
-                sources = preprocess_multimodal(sources, self.data_args, conv=self.conv_version)
+        else:  # not prepared: tokenise (and cut) this one sample now, as the token cache does
             try:
-                data = preprocess(
-                    sources,
-                    self.tokenizer,
-                    has_image=has_image,
-                    conv=self.conv_version,
-                    sample_ids=[sample.get("id")],
-                )
+                ids, labels, _ = self.sample_format.tokenize(sample, self.tokenizer)
             except SampleError as e:
                 raise self._error(i, e.reason) from e
-            ids, labels = data["input_ids"][0], data["labels"][0]
-        if has_image and getattr(self.data_args, "image_aspect_ratio", None) != "anyres":
-            # The model replaces the image token by num_image_tokens features, then cuts to
-            # model_max_length: cut here, where a sample left with nothing to learn is still known.
-            extra = max(0, int(getattr(self.data_args, "num_image_tokens", 0) or 0) - 1)
-            budget = self.tokenizer.model_max_length - extra
-            if len(ids) > budget:
-                ids, labels = ids[:budget], labels[:budget]
-                if not (labels != IGNORE_INDEX).any():
-                    raise self._error(
-                        i,
-                        f"no target token fits in --model_max_length {self.tokenizer.model_max_length} "
-                        f"next to the image's {extra + 1} tokens; raise --model_max_length",
-                    )
+            ids, labels = torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
         item["input_ids"], item["labels"] = ids, labels
         return item
 
@@ -296,7 +280,7 @@ class LazySupervisedDataset(Dataset):
             try:
                 return self._load(i)
             except BadSampleError as e:
-                if not getattr(self.data_args, "skip_bad_samples", False):
+                if not self.skip_bad_samples:
                     raise
                 self._failed.add(i)
                 self.skipped += 1
@@ -304,15 +288,17 @@ class LazySupervisedDataset(Dataset):
                 i = self._substitute(i)
 
 
-def make_supervised_data_module(tokenizer, data_args, training_args=None) -> dict:
-    """Dataset and collator for `LLaVATrainer(**module)`.
+def make_supervised_data_module(
+    tokenizer, data_args, sample_format: SampleFormat, training_args=None
+) -> dict:
+    """Dataset and collator for `LLaVATrainer(**module)`, both given `sample_format`.
 
     With `training_args`, the local main process counts tokens first (filling the cache) while
     the other ranks wait, then read the cache.
     """
     from llava.data.collator import DataCollatorForSupervisedDataset
 
-    dataset = LazySupervisedDataset(data_path=data_args.data_path, tokenizer=tokenizer, data_args=data_args)
+    dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, sample_format)
     if training_args is not None:
         with training_args.main_process_first(local=True, desc="counting tokens"):
             dataset.prepare()
@@ -323,7 +309,7 @@ def make_supervised_data_module(tokenizer, data_args, training_args=None) -> dic
         eval_dataset=None,
         data_collator=DataCollatorForSupervisedDataset(
             tokenizer=tokenizer,
+            sample_format=sample_format,
             packing=bool(getattr(training_args, "packing", False)),
-            num_image_tokens=int(getattr(data_args, "num_image_tokens", 0) or 0),
         ),
     )

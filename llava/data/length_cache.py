@@ -2,56 +2,43 @@
 
 The length-grouped samplers need every sample's length before the first step, and training needs
 every sample's input ids and labels. Both come from rendering and tokenising every conversation
-exactly as training does (through `llava.data.preprocess.preprocess`), which also finds samples
-whose labels cannot be built before hours of training are spent. For 665K samples that takes
-minutes, so it is done once and cached, keyed by the data file (path, size, mtime), the tokenizer
-(its full serialisation), the template, `mm_use_im_start_end`, `model_max_length` and the source of
-the rendering code (templates, preprocess, mm_utils); any change gives a new cache. Two files per key:
+exactly as training does (`SampleFormat.tokenize`: rendered, tokenised and cut once by the length
+budget), which also finds samples whose labels cannot be built before hours of training are spent.
+For 665K samples that takes minutes, so it is done once and cached, keyed by the data file (path,
+size, mtime), the tokenizer (its full serialisation), what of the SampleFormat changes ids
+(`SampleFormat.token_key`: template, `mm_use_im_start_end`, the length budget) and the source of the
+rendering code (templates, preprocess, mm_utils, sample format, length budget); any change gives a
+new cache. Two files per key:
 
 - `<data file>.<key>.tokens.npy`: all samples' ids end to end, one integer per token (uint16 when
   the vocabulary allows, else uint32): the id, the top bit set when the token is a target
   (its label is the id), and all low bits set for an image placeholder. Training memory-maps it,
   so DataLoader workers share one copy and nothing is re-tokenised.
-- `<data file>.<key>.lengths.json`: text-token counts (without image tokens; the caller adds the
-  image's tokens), errors by sample, and each sample's offset into the token file. Written last:
-  its presence means the token file is complete.
+- `<data file>.<key>.lengths.json`: text-token counts after the cut (without image tokens; the
+  caller adds them with `LengthBudget.cost`), errors by sample, the samples the budget cut, and each
+  sample's offset into the token file. Written last: its presence means the token file is complete.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llava.data.sample_format import SampleFormat
 from llava.data.token_store import TokenStore, write_tokens
 from llava.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: adds the token file
+CACHE_FORMAT = 3  # 2: adds the token file; 3: keyed by the SampleFormat, records the cut samples
 PARALLEL_THRESHOLD = 5000  # samples; below this one process is faster than starting workers
-
-
-@dataclass(frozen=True)
-class LengthOptions:
-    """What the token counts depend on besides the data file and the tokenizer."""
-
-    conv_version: str | None
-    mm_use_im_start_end: bool
-    is_multimodal: bool
-
-    def as_data_args(self):
-        # preprocess_multimodal reads these attributes off DataArguments.
-        from types import SimpleNamespace
-
-        return SimpleNamespace(is_multimodal=self.is_multimodal, mm_use_im_start_end=self.mm_use_im_start_end)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -74,14 +61,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def cache_key(data_path: str | os.PathLike, tokenizer, opts: LengthOptions) -> str:
+def cache_key(data_path: str | os.PathLike, tokenizer, fmt: SampleFormat) -> str:
     st = os.stat(data_path)
     payload = {
         "format": CACHE_FORMAT,
         "data": [str(Path(data_path).resolve()), st.st_size, st.st_mtime_ns],
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "model_max_length": int(tokenizer.model_max_length),
-        "opts": [opts.conv_version, opts.mm_use_im_start_end, opts.is_multimodal],
+        "sample_format": fmt.token_key(),
         "code": code_fingerprint(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -91,11 +77,15 @@ def code_fingerprint() -> str:
     """A hash of the code that renders and tokenises samples (templates, label building), so a
     changed template or label rule never reads tokens cached by the old code."""
     import llava.conversation
+    import llava.data.length_budget
     import llava.data.preprocess
+    import llava.data.sample_format
     import llava.mm_utils
 
     h = hashlib.sha256()
-    for module in (llava.conversation, llava.data.preprocess, llava.mm_utils):
+    modules = (llava.conversation, llava.data.preprocess, llava.mm_utils, llava.data.sample_format,
+               llava.data.length_budget)  # fmt: skip
+    for module in modules:
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()
 
@@ -120,6 +110,7 @@ class Encoded:
     ids: Any = None
     targets: Any = None
     error: str | None = None
+    cut: bool = False  # the length budget cut it
 
     @property
     def count(self) -> int:
@@ -129,20 +120,16 @@ class Encoded:
         return 0 if self.ids is None else int((self.ids != IMAGE_TOKEN_INDEX).sum())
 
 
-def encode_sample(sample: dict, tokenizer, opts: LengthOptions) -> Encoded:
-    """`sample` rendered and tokenised exactly as training does (cut at model_max_length)."""
+def encode_sample(sample: dict, tokenizer, fmt: SampleFormat) -> Encoded:
+    """`sample` rendered, tokenised and cut exactly as training does (`SampleFormat.tokenize`)."""
     import numpy as np
 
     from llava.constants import IGNORE_INDEX
-    from llava.data.preprocess import SampleError, preprocess, preprocess_multimodal
+    from llava.data.preprocess import SampleError
 
     try:
-        has_image = "image" in sample
-        sources = [copy.deepcopy(sample["conversations"])]
-        if has_image:
-            sources = preprocess_multimodal(sources, opts.as_data_args(), conv=opts.conv_version)
-        out = preprocess(sources, tokenizer, has_image=has_image, conv=opts.conv_version)
-        ids, labels = out["input_ids"][0].numpy(), out["labels"][0].numpy()
+        ids, labels, cut = fmt.tokenize(sample, tokenizer)
+        ids, labels = np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
     except SampleError as e:
         return Encoded(error=e.reason)
     except Exception as e:  # every failure is reported with the sample, not just label errors
@@ -150,31 +137,31 @@ def encode_sample(sample: dict, tokenizer, opts: LengthOptions) -> Encoded:
     targets = labels != IGNORE_INDEX
     if not (labels[targets] == ids[targets]).all():
         raise ValueError("preprocess gave a label that is not its input id; the token cache cannot hold it")
-    return Encoded(ids.astype(np.int32), targets)
+    return Encoded(ids.astype(np.int32), targets, cut=cut)
 
 
-def count_sample(sample: dict, tokenizer, opts: LengthOptions) -> tuple[int, str | None]:
-    """(text-token count, None) or (0, error message) for one sample."""
-    enc = encode_sample(sample, tokenizer, opts)
+def count_sample(sample: dict, tokenizer, fmt: SampleFormat) -> tuple[int, str | None]:
+    """(text-token count after the cut, None) or (0, error message) for one sample."""
+    enc = encode_sample(sample, tokenizer, fmt)
     return enc.count, enc.error
 
 
 @dataclass
 class _Encoder:
     tokenizer: Any
-    opts: LengthOptions
+    fmt: SampleFormat
 
     def __call__(self, samples: list[dict]) -> list[Encoded]:
-        return [encode_sample(s, self.tokenizer, self.opts) for s in samples]
+        return [encode_sample(s, self.tokenizer, self.fmt) for s in samples]
 
 
 def count_all(
-    samples: list[dict], tokenizer, opts: LengthOptions, num_workers: int | None = None
+    samples: list[dict], tokenizer, fmt: SampleFormat, num_workers: int | None = None
 ) -> list[Encoded]:
     """Every sample encoded (ids, targets, count) or failed, in parallel for large files."""
     from tqdm import tqdm
 
-    encoder = _Encoder(tokenizer, opts)
+    encoder = _Encoder(tokenizer, fmt.for_tokens())
     if num_workers is None:
         num_workers = min(os.cpu_count() or 1, 16)
     if len(samples) < PARALLEL_THRESHOLD or num_workers <= 1:
@@ -192,11 +179,13 @@ def count_all(
 
 @dataclass
 class TokenCache:
-    """What `load_or_build` returns: text-token counts, {index: error} and the tokens."""
+    """What `load_or_build` returns: text-token counts (after the cut), {index: error}, the tokens,
+    and the indices of the samples the length budget cut."""
 
     lengths: list[int]
     errors: dict[int, str]
     tokens: TokenStore
+    cut: list[int] = field(default_factory=list)
 
 
 def _read(path: Path, key: str, n: int) -> TokenCache | None:
@@ -212,21 +201,21 @@ def _read(path: Path, key: str, n: int) -> TokenCache | None:
     if not cached.get("tokens_file") or offsets is None or not tokens_file.is_file():
         return None
     errors = {int(k): v for k, v in cached.get("errors", {}).items()}
-    return TokenCache(cached["lengths"], errors, TokenStore(tokens_file, offsets))
+    return TokenCache(cached["lengths"], errors, TokenStore(tokens_file, offsets), cached.get("cut", []))
 
 
 def load_or_build(
     data_path: str | os.PathLike,
     samples: list[dict],
     tokenizer,
-    opts: LengthOptions,
+    fmt: SampleFormat,
     cache_dir: str | os.PathLike | None = None,
 ) -> TokenCache:
     """Counts, errors and tokens of `samples` from the cache; tokenising and caching on a miss.
 
     When no cache folder is writable the tokens are kept in a temporary file for this process.
     """
-    key = cache_key(data_path, tokenizer, opts)
+    key = cache_key(data_path, tokenizer, fmt)
     candidates = [cache_path(data_path, key, cache_dir)]
     if cache_dir is None:
         candidates.append(cache_path(data_path, key, _fallback_dir()))
@@ -234,11 +223,12 @@ def load_or_build(
         if path.is_file() and (found := _read(path, key, len(samples))) is not None:
             logger.info("tokens of %d samples read from %s", len(samples), path)
             return found
-    results = count_all(samples, tokenizer, opts)
+    results = count_all(samples, tokenizer, fmt)
     lengths = [r.count for r in results]
     errors = {i: r.error for i, r in enumerate(results) if r.error is not None}
+    cut = [i for i, r in enumerate(results) if r.cut]
     encoded = [None if r.error is not None else (r.ids, r.targets) for r in results]
-    record = {"key": key, "data_path": str(data_path), "lengths": lengths, "errors": errors}
+    record = {"key": key, "data_path": str(data_path), "lengths": lengths, "errors": errors, "cut": cut}
     for path in candidates:
         try:
             return _write_cache(path, record, encoded)
@@ -254,16 +244,16 @@ def _write_cache(path: Path, record: dict, encoded) -> TokenCache:
     offsets = write_tokens(tokens_file, encoded)
     atomic_write_text(path, json.dumps(dict(record, tokens_file=tokens_file.name, token_offsets=offsets)))
     logger.info("tokens of %d samples cached in %s", len(encoded), path)
-    return TokenCache(record["lengths"], record["errors"], TokenStore(tokens_file, offsets))
+    return TokenCache(record["lengths"], record["errors"], TokenStore(tokens_file, offsets), record["cut"])
 
 
 def load_or_compute(
     data_path: str | os.PathLike,
     samples: list[dict],
     tokenizer,
-    opts: LengthOptions,
+    fmt: SampleFormat,
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[list[int], dict[int, str]]:
     """(text-token count per sample, {index: error}) from the cache, computing and caching on a miss."""
-    cache = load_or_build(data_path, samples, tokenizer, opts, cache_dir)
+    cache = load_or_build(data_path, samples, tokenizer, fmt, cache_dir)
     return cache.lengths, cache.errors

@@ -1,7 +1,8 @@
 """Padding-free packing: samples concatenated into rows of at most `capacity` tokens.
 
-Lengths here are what the LLM sees (image tokens counted, clamped to `capacity`). Two greedy
-rules, used together:
+Lengths here are what the LLM sees (image tokens counted: llava.data.length_budget). The dataset
+has cut every sample to the budget, so a sample longer than `capacity` is an error here, never
+cut or clamped. Two greedy rules, used together:
 
 - `first_fit_decreasing` (the sampler, on a whole megabatch): longest sample first, each into the
   first row with room. A sample that ended in row j did not fit the final slack of any row
@@ -26,6 +27,19 @@ import numpy as np
 import torch
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.data.length_budget import LengthBudget
+
+
+def checked_size(length: int, capacity: int, what: str = "a sample") -> int:
+    """`length` (signed modality lengths allowed) as a size, or ValueError when it exceeds `capacity`."""
+    size = abs(int(length))
+    if size > capacity:
+        raise ValueError(
+            f"{what} is {size} tokens (image tokens included), over the packing capacity {capacity} "
+            "(--model_max_length): the dataset cuts samples to the length budget, so these lengths "
+            "were not made by it"
+        )
+    return size
 
 
 def first_fit_decreasing(indices: Sequence[int], lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -33,11 +47,12 @@ def first_fit_decreasing(indices: Sequence[int], lengths: Sequence[int], capacit
     first row with room. Ties keep the order of `indices`. Rows come out in creation order."""
     if capacity < 1:
         raise ValueError(f"packing capacity must be >= 1, got {capacity}")
-    order = sorted(range(len(indices)), key=lambda k: -min(int(lengths[indices[k]]), capacity))
+    sizes = [checked_size(lengths[i], capacity, f"sample {i}") for i in indices]
+    order = sorted(range(len(indices)), key=lambda k: -sizes[k])
     room = np.empty(len(indices), dtype=np.int64)
     rows: list[list[int]] = []
     for k in order:
-        size = min(int(lengths[indices[k]]), capacity)
+        size = sizes[k]
         fits = np.flatnonzero(room[: len(rows)] >= size)
         if fits.size:
             r = int(fits[0])
@@ -55,7 +70,7 @@ def next_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     rows: list[list[int]] = []
     used = capacity + 1
     for k, n in enumerate(lengths):
-        n = min(int(n), capacity)
+        n = checked_size(n, capacity, f"instance {k}")
         if used + n > capacity:
             rows.append([])
             used = 0
@@ -65,15 +80,16 @@ def next_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 
 def llm_length(input_ids: torch.Tensor, num_image_tokens: int) -> int:
-    """Tokens the LLM sees for one sample: each image placeholder becomes `num_image_tokens`."""
-    n_images = int((input_ids == IMAGE_TOKEN_INDEX).sum())
-    return int(input_ids.shape[0]) + n_images * (max(int(num_image_tokens), 1) - 1)
+    """Tokens the LLM sees for one sample: each image placeholder becomes `num_image_tokens`
+    (`LengthBudget.sequence_length`; a placeholder takes at least its own place)."""
+    return LengthBudget(None, max(int(num_image_tokens), 1)).sequence_length(input_ids)
 
 
 def collate_packed(
     instances: Sequence[dict], pad_id: int, capacity: int, num_image_tokens: int = 0
 ) -> dict[str, torch.Tensor | list]:
-    """Pack `instances` (dataset items, already cut to fit `capacity`) into rows by `next_fit`.
+    """Pack `instances` (dataset items, already cut to fit `capacity`) into rows by `next_fit`;
+    an instance over `capacity` is a ValueError naming it.
 
     Returns `input_ids`, `labels`, `attention_mask`, `position_ids` (all [rows, width]) and, when
     the instances carry images, `images` holding only the real images in the order their
@@ -124,5 +140,5 @@ def collate_packed(
 def row_fill(lengths: Sequence[int], capacity: int) -> float:
     """Real tokens / (rows x widest row) when `lengths` are packed by `next_fit` in this order."""
     rows = next_fit(lengths, capacity)
-    totals = [sum(min(int(lengths[k]), capacity) for k in row) for row in rows]
+    totals = [sum(checked_size(lengths[k], capacity) for k in row) for row in rows]
     return sum(totals) / (len(rows) * max(totals))

@@ -33,6 +33,7 @@ from llava.constants import (
     IMAGE_TOKEN_INDEX,
 )
 from llava.conversation import Conversation, SeparatorStyle, get_conv_template
+from llava.data.length_budget import CutError, LengthBudget
 from llava.mm_utils import tokenizer_image_token_with_offsets
 
 HUMAN_ROLES = ("human", "user")
@@ -62,9 +63,10 @@ def resolve_conversation(conv: Conversation | str | None, tokenizer=None) -> Con
 def preprocess_multimodal(sources, data_args, conv: Conversation | str | None = None):
     """Move `<image>` to the front of its turn (followed by a newline) and wrap it as configured.
 
-    `data_args.is_multimodal` False leaves sources untouched; `mm_use_im_start_end` wraps each
-    marker as `<im_start><image><im_end>`; "mmtag" templates wrap it as `<Image><image></Image>`.
-    Edits `sources` in place (as the original) and returns it.
+    `data_args`: any object with `is_multimodal` and `mm_use_im_start_end` (a SampleFormat, or the
+    original's DataArguments). `is_multimodal` False leaves sources untouched; `mm_use_im_start_end`
+    wraps each marker as `<im_start><image><im_end>`; "mmtag" templates wrap it as
+    `<Image><image></Image>`. Edits `sources` in place (as the original) and returns it.
     """
     if not getattr(data_args, "is_multimodal", False):
         return sources
@@ -170,16 +172,25 @@ def tokenize_sample(
     conv: Conversation | str | None = None,
     num_images: int = 0,
     sample_id: Any = None,
+    budget: LengthBudget | None = None,
 ) -> tuple[list[int], list[int]]:
-    """input_ids and labels (lists of equal length) for one conversation `source`.
+    """input_ids and labels (lists of equal length) for one conversation `source`, cut by `budget`.
 
     `source` is a list of {"from": "human"|"gpt", "value": str} (a leading "system" turn replaces
-    the template's system prompt). Raises SampleError when labels cannot be built.
+    the template's system prompt). `budget` (llava.data.length_budget) defaults to
+    `tokenizer.model_max_length` with an image placeholder counted as one token (the original
+    `preprocess`); the dataset passes its SampleFormat's budget. Raises SampleError when labels
+    cannot be built or the cut would drop an image or every target.
     """
     prompt, spans = render_sample(source, tokenizer, conv, num_images, sample_id)
     enc = tokenizer_image_token_with_offsets(prompt, tokenizer)
     labels = _labels_from_spans(enc, spans, sample_id)
-    return _truncate(enc.ids, labels, tokenizer.model_max_length, sample_id)
+    if budget is None:
+        budget = LengthBudget(tokenizer.model_max_length)
+    try:
+        return budget.cut(enc.ids, labels)
+    except CutError as err:
+        raise SampleError(sample_id, str(err)) from err
 
 
 def _labels_from_spans(enc, spans: list[tuple[int, int]], sample_id: Any) -> list[int]:
@@ -201,18 +212,6 @@ def _labels_from_spans(enc, spans: list[tuple[int, int]], sample_id: Any) -> lis
             sample_id, f"assistant turn(s) {missing} got no tokens (tokenizer offsets unusable?)"
         )
     return labels
-
-
-def _truncate(ids: list[int], labels: list[int], max_len: int | None, sample_id: Any):
-    if max_len is None or len(ids) <= max_len:
-        return ids, labels
-    dropped_images = ids[max_len:].count(IMAGE_TOKEN_INDEX)
-    ids, labels = ids[:max_len], labels[:max_len]
-    if dropped_images:
-        raise SampleError(sample_id, f"truncation at model_max_length={max_len} would cut off an image")
-    if all(x == IGNORE_INDEX for x in labels):
-        raise SampleError(sample_id, f"no target token left after truncation at model_max_length={max_len}")
-    return ids, labels
 
 
 def preprocess(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import transformers
 
@@ -51,6 +51,7 @@ class DataArguments:
     lazy_preprocess: bool = field(
         default=False, metadata={"help": "Accepted for compatibility: samples are always tokenised lazily."}
     )
+    # Accepted as in the original; training takes it from --vision_tower (llava.data.sample_format).
     is_multimodal: bool = False
     image_folder: Optional[str] = field(default=None)
     image_aspect_ratio: str = field(default="square", metadata={"help": "square, pad or anyres."})
@@ -71,13 +72,6 @@ class DataArguments:
             "~/.cache/llava/lengths when that folder is read-only)."
         },
     )
-    # Filled in by train(), not command-line flags.
-    mm_use_im_start_end: bool = field(default=False, init=False)
-    image_processor: Any = field(default=None, init=False, repr=False)
-    # The loader gives 8-bit pixels and the vision tower normalises them on its device.
-    uint8_images: bool = field(default=False, init=False)
-    num_image_tokens: int = field(default=0, init=False)
-    conv_version: Optional[str] = field(default=None, init=False)
 
 
 _ALLOWED = {"bits": (4, 8, 16), "quant_type": ("fp4", "nf4"), "lora_bias": ("none", "all", "lora_only")}
@@ -142,10 +136,6 @@ class TrainingArguments(transformers.TrainingArguments):
         default=False,
         metadata={"help": "Group samples of similar token length (plain length-grouped sampler)."},
     )
-
-    # Filled in by train() from ModelArguments (the trainer reads them), not command-line flags.
-    tune_mm_mlp_adapter: bool = field(default=False, init=False)
-    use_im_start_end: bool = field(default=False, init=False)
 
     def __post_init__(self):
         for name, allowed in _ALLOWED.items():

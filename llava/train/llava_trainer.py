@@ -4,9 +4,10 @@
   both seeded and resumable (see llava.train.sampler); `--packing` packs each step's samples into
   rows (llava.train.packed_sampler, llava.data.packing).
 - Optimizer: `--mm_projector_lr` / `--mm_vision_tower_lr` give the projector / vision tower their
-  own learning rates (weight decay split as usual).
-- Checkpoints: stage 1 (`tune_mm_mlp_adapter`) writes `mm_projector.bin` (keys
-  `model.mm_projector.*`) instead of the whole model, plus the optimizer, scheduler, RNG and
+  own learning rates (weight decay split as usual); the parts are the model's (llava.model.parts).
+- Checkpoints: stage 1 (`projector_only=True`, from --tune_mm_mlp_adapter) writes `mm_projector.bin`
+  (keys `model.mm_projector.*`, plus `model.embed_tokens.weight` with `save_embeddings_with_projector`
+  for im_start/end tokens) instead of the whole model, plus the optimizer, scheduler, RNG and
   trainer state, so it resumes like any other run; LoRA runs add `non_lora_trainables.bin` (the
   projector and any other trained non-LoRA weights) to every checkpoint and restore it on resume.
 """
@@ -19,6 +20,7 @@ import os
 import torch
 from transformers import Trainer
 
+from llava.model.parts import PROJECTOR, VISION_TOWER, parameter_parts
 from llava.model.weight_files import save_torch_file
 from llava.train import zero
 from llava.train.sampler import LengthGroupedSampler
@@ -51,7 +53,27 @@ def _worker_init(num_workers: int, rank: int):
     return seed_worker
 
 
+def _packing_capacity(collator, tokenizer) -> int:
+    """Tokens per packed row: the collator's length budget (llava.data.length_budget), or the
+    tokenizer's model_max_length for a collator without one."""
+    budget = getattr(collator, "budget", None)
+    if budget is not None:
+        return budget.max_length
+    return (getattr(collator, "tokenizer", None) or tokenizer).model_max_length
+
+
 class LLaVATrainer(Trainer):
+    """``projector_only``: the projector stage (saves and resumes ``mm_projector.bin``, not the model);
+    ``save_embeddings_with_projector``: that file also holds the input embeddings (im_start/end tokens).
+    Both come from the run's freeze policy (llava.train.freeze.FreezePolicy)."""
+
+    def __init__(
+        self, *args, projector_only: bool = False, save_embeddings_with_projector: bool = False, **kwargs
+    ):
+        self._projector_only = bool(projector_only)
+        self.save_embeddings_with_projector = bool(save_embeddings_with_projector)
+        super().__init__(*args, **kwargs)
+
     # ------------------------------------------------------------------ sampler
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -84,9 +106,7 @@ class LLaVATrainer(Trainer):
             dataset.modality_lengths if by_modality else dataset.lengths,
             batch_size=self.args.train_batch_size,
             num_chunks=self.args.world_size * self.args.gradient_accumulation_steps,
-            capacity=(
-                getattr(self.data_collator, "tokenizer", None) or self.processing_class
-            ).model_max_length,
+            capacity=_packing_capacity(self.data_collator, self.processing_class),
             group_by_modality=by_modality,
             group_by_length=getattr(self.args, "group_by_length", False),
             seed=seed,
@@ -106,10 +126,10 @@ class LLaVATrainer(Trainer):
         return self.accelerator.prepare(loader)
 
     # ------------------------------------------------------------------ optimizer
-    def _lr_of(self, name: str) -> float | None:
-        if self.args.mm_projector_lr is not None and "mm_projector" in name:
+    def _lr_of(self, part: str) -> float | None:
+        if self.args.mm_projector_lr is not None and part == PROJECTOR:
             return self.args.mm_projector_lr
-        if getattr(self.args, "mm_vision_tower_lr", None) is not None and "vision_tower" in name:
+        if getattr(self.args, "mm_vision_tower_lr", None) is not None and part == VISION_TOWER:
             return self.args.mm_vision_tower_lr
         return None
 
@@ -122,11 +142,12 @@ class LLaVATrainer(Trainer):
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(opt_model))
+        part_of = parameter_parts(opt_model)
         groups: dict[tuple, dict] = {}
         for name, p in opt_model.named_parameters():
             if not p.requires_grad:
                 continue
-            lr = self._lr_of(name)
+            lr = self._lr_of(part_of[name])
             wd = self.args.weight_decay if name in decay else 0.0
             if (lr, wd) not in groups:
                 groups[(lr, wd)] = {"params": [], "weight_decay": wd} | ({} if lr is None else {"lr": lr})
@@ -145,7 +166,7 @@ class LLaVATrainer(Trainer):
     # ------------------------------------------------------------------ saving
     @property
     def projector_only(self) -> bool:
-        return bool(getattr(self.args, "tune_mm_mlp_adapter", False))
+        return self._projector_only
 
     def _unwrapped(self):
         return self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
@@ -153,7 +174,7 @@ class LLaVATrainer(Trainer):
     def save_mm_adapter(self, output_dir: str) -> None:
         """mm_projector.bin (keys `model.mm_projector.*`) and config.json into `output_dir`. All ranks call."""
         model = self._unwrapped()
-        state = zero.mm_adapter_state(model, use_im_start_end=getattr(self.args, "use_im_start_end", False))
+        state = zero.mm_adapter_state(model, with_embeddings=self.save_embeddings_with_projector)
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
             model.config.save_pretrained(output_dir)

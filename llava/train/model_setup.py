@@ -1,7 +1,9 @@
 """Build the model and tokenizer for one training stage from the parsed arguments.
 
 Follows the original LLaVA train() step by step (quantisation, LoRA, tokenizer and template,
-vision modules, which parts train), with the ZeRO-3 projector load done right (llava.train.zero).
+vision modules), with the ZeRO-3 projector load done right (llava.train.zero); which parts train is
+decided once at the end (llava.train.freeze). The model's parts are found by module identity
+(llava.model.parts), never by substrings of parameter names.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import logging
 import torch
 import transformers
 
+from llava.model.parts import llava_parts
 from llava.train import zero
+from llava.train.freeze import FreezePolicy, apply_freeze_policy
 
 logger = logging.getLogger(__name__)
-
-MULTIMODAL_KEYWORDS = ("mm_projector", "vision_tower", "vision_resampler")
 
 
 def compute_dtype(training_args) -> torch.dtype:
@@ -25,15 +27,21 @@ def compute_dtype(training_args) -> torch.dtype:
 
 
 def find_all_linear_names(model) -> list[str]:
-    """Names of the LLM's linear layers for LoRA: not the vision parts, not lm_head."""
-    names = set()
-    for name, module in model.named_modules():
-        if any(k in name for k in MULTIMODAL_KEYWORDS):
-            continue
-        if isinstance(module, torch.nn.Linear):
-            names.add(name.split(".")[-1])
-    names.discard("lm_head")  # needed for 16-bit
-    return sorted(names)
+    """LoRA's target_modules: the linear layers of the LLM's decoder stack (not lm_head, not the
+    projector or the vision tower), found by module identity.
+
+    Their last name parts (``q_proj``, ..., as the original) when no other linear layer of the model ends
+    the same way; else (e.g. a loaded CLIP tower also has ``q_proj``) their full module names.
+    """
+    parts = llava_parts(model)
+    multimodal = {id(m) for part in (parts.vision_tower, parts.projector) if part for m in part.modules()}
+    in_llm = {id(m) for m in parts.llm.modules()} - multimodal
+    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    ours = [n for n, m in linear if id(m) in in_llm]
+    suffixes = {n.split(".")[-1] for n in ours}
+    if any(n.split(".")[-1] in suffixes for n, m in linear if id(m) not in in_llm):
+        return sorted(ours)
+    return sorted(suffixes)
 
 
 def smart_tokenizer_and_embedding_resize(special_tokens_dict: dict, tokenizer, model) -> None:
@@ -45,7 +53,9 @@ def smart_tokenizer_and_embedding_resize(special_tokens_dict: dict, tokenizer, m
             emb[-added:] = emb[:-added].mean(dim=0, keepdim=True)
 
 
-def _quantization_kwargs(training_args, dtype: torch.dtype) -> dict:
+def _quantization_kwargs(training_args, dtype: torch.dtype, model_cls) -> dict:
+    """4/8-bit loading of the LLM's linear layers; lm_head and the class's multimodal parts
+    (``model.mm_projector``, ``model.vision_tower``) stay in full precision."""
     if training_args.bits not in (4, 8):
         return {}
     from transformers import BitsAndBytesConfig
@@ -57,7 +67,7 @@ def _quantization_kwargs(training_args, dtype: torch.dtype) -> dict:
             load_in_8bit=training_args.bits == 8,
             llm_int8_threshold=6.0,
             llm_int8_has_fp16_weight=False,
-            llm_int8_skip_modules=["lm_head", *MULTIMODAL_KEYWORDS],
+            llm_int8_skip_modules=["lm_head", *model_cls.multimodal_module_names()],
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=training_args.double_quant,
             bnb_4bit_quant_type=training_args.quant_type,
@@ -67,13 +77,14 @@ def _quantization_kwargs(training_args, dtype: torch.dtype) -> dict:
 
 def load_llm(model_args, training_args, attn_implementation: str | None):
     """The LLaVA class for the checkpoint's architecture, loaded (under zero.Init with ZeRO-3)."""
-    from llava.model import llava_class_for_config
+    from llava.model import llava_class_for_config, register_auto_classes
 
+    register_auto_classes()  # --model_name_or_path may be a checkpoint written here (model_type llava_llama)
     config = transformers.AutoConfig.from_pretrained(
         model_args.model_name_or_path, cache_dir=training_args.cache_dir
     )
     cls = llava_class_for_config(config)
-    kwargs = _quantization_kwargs(training_args, compute_dtype(training_args))
+    kwargs = _quantization_kwargs(training_args, compute_dtype(training_args), cls)
     if attn_implementation is not None:
         if attn_implementation == "torch_varlen":  # PyTorch's flash varlen kernel, see varlen_attention
             from llava.model.varlen_attention import register_varlen_attention
@@ -89,7 +100,19 @@ def load_llm(model_args, training_args, attn_implementation: str | None):
 
 
 def load_tokenizer(model_args, training_args, model):
-    """The tokenizer, its pad token set as the original does per `--version`; returns (tokenizer, template)."""
+    """The tokenizer, its pad token set as the original does per `--version`; returns (tokenizer, template).
+
+    The template the run trains with is written into the model's config as `conv_template` (saved in every
+    config.json: checkpoints, mm_projector.bin folders, LoRA adapters), so serving and evaluation use it.
+    """
+    from llava.data.sample_format import template_for_version
+
+    tokenizer, template = _load_tokenizer(model_args, training_args, model)
+    model.config.conv_template = template_for_version(template)  # v0 / v0.5: the default template (v1)
+    return tokenizer, template
+
+
+def _load_tokenizer(model_args, training_args, model):
     from llava.conversation import get_conv_template
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(
@@ -141,15 +164,17 @@ def load_pretrained_adapter(model, path: str) -> None:
     from llava.model import load_mm_projector_state
 
     state = torch.load(path, map_location="cpu", weights_only=True)
-    projector = model.get_model().mm_projector
+    projector = llava_parts(model).projector
     partitioned = any(zero.is_partitioned(p) for p in projector.parameters())
     zero.load_into_module(projector, lambda: load_mm_projector_state(model, state))
     logger.info("projector loaded from %s%s", path, " (into ZeRO-3 partitions)" if partitioned else "")
 
 
-def setup_vision(model, tokenizer, model_args, data_args, training_args) -> None:
-    """Vision tower + projector, the adapter of stage 1, config fields, and which parts train."""
-    model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
+def setup_vision(model, tokenizer, model_args, data_args, training_args) -> tuple[str, ...]:
+    """Vision tower + projector, the adapter of stage 1, config fields, the image tokens.
+
+    Returns the parts it created (for the freeze policy: a new image_newline trains)."""
+    created = model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
     zero.partition_new_params(model)
     if model_args.pretrain_mm_mlp_adapter:
         load_pretrained_adapter(model, model_args.pretrain_mm_mlp_adapter)
@@ -158,36 +183,30 @@ def setup_vision(model, tokenizer, model_args, data_args, training_args) -> None
     if not training_args.deepspeed:
         tower.to(dtype=dtype, device=training_args.device)
 
-    data_args.image_processor = tower.image_processor
-    data_args.uint8_images = True  # the tower normalises with this same processor's table
-    data_args.is_multimodal = True
-    data_args.num_image_tokens = int(getattr(tower, "num_image_tokens", tower.num_patches))
     cfg = model.config
     cfg.image_aspect_ratio = data_args.image_aspect_ratio
     cfg.image_grid_pinpoints = data_args.image_grid_pinpoints
     cfg.tokenizer_padding_side = tokenizer.padding_side
     cfg.tokenizer_model_max_length = tokenizer.model_max_length
 
-    projector = model.get_model().mm_projector
-    cfg.tune_mm_mlp_adapter = training_args.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
-    if model_args.tune_mm_mlp_adapter:
-        model.requires_grad_(False)
-        projector.requires_grad_(True)
+    # Recorded as the original does; llava.train.freeze applies them.
+    cfg.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
     cfg.freeze_mm_mlp_adapter = training_args.freeze_mm_mlp_adapter
-    if training_args.freeze_mm_mlp_adapter:
-        projector.requires_grad_(False)
     cfg.unfreeze_mm_vision_tower = model_args.unfreeze_mm_vision_tower
-    if model_args.unfreeze_mm_vision_tower:
-        tower.requires_grad_(True)
     if training_args.bits in (4, 8):
-        projector.to(dtype=dtype, device=training_args.device)
+        llava_parts(model).projector.to(dtype=dtype, device=training_args.device)
 
-    cfg.mm_use_im_start_end = data_args.mm_use_im_start_end = model_args.mm_use_im_start_end
+    cfg.mm_use_im_start_end = model_args.mm_use_im_start_end
     cfg.mm_projector_lr = training_args.mm_projector_lr
     cfg.mm_vision_tower_lr = training_args.mm_vision_tower_lr
-    training_args.use_im_start_end = model_args.mm_use_im_start_end
     cfg.mm_use_im_patch_token = model_args.mm_use_im_patch_token
-    model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
+    model.initialize_vision_tokenizer(
+        tokenizer,
+        mm_use_im_start_end=model_args.mm_use_im_start_end,
+        mm_use_im_patch_token=model_args.mm_use_im_patch_token,
+        pretrained_adapter=model_args.pretrain_mm_mlp_adapter,
+    )
+    return created
 
 
 def _kbit_dtypes(model, training_args) -> None:
@@ -204,15 +223,14 @@ def _kbit_dtypes(model, training_args) -> None:
 
 
 def build_model_and_tokenizer(model_args, data_args, training_args, attn_implementation=None):
-    """(model, tokenizer, template name) ready for LLaVATrainer; fills data_args for the dataset."""
+    """(model, tokenizer, template name) ready for LLaVATrainer. `data_args` is only read (the image
+    flags go into the model's config); the dataset's settings are `SampleFormat.for_model` of these."""
     model = load_llm(model_args, training_args, attn_implementation)
     model.config.use_cache = False
     if getattr(training_args, "use_liger_kernel", False):
         from llava.train.liger import apply_liger_kernels
 
         apply_liger_kernels(model, getattr(training_args, "liger_kernel_config", None))
-    if model_args.freeze_backbone:
-        model.get_model().requires_grad_(False)
     if training_args.bits in (4, 8):
         from peft import prepare_model_for_kbit_training
 
@@ -225,9 +243,10 @@ def build_model_and_tokenizer(model_args, data_args, training_args, attn_impleme
     if training_args.lora_enable:
         model = add_lora(model, training_args)
     tokenizer, template = load_tokenizer(model_args, training_args, model)
-    data_args.conv_version = template
+    created = ()
     if model_args.vision_tower is not None:
-        setup_vision(model, tokenizer, model_args, data_args, training_args)
+        created = setup_vision(model, tokenizer, model_args, data_args, training_args)
+    apply_freeze_policy(model, FreezePolicy.from_args(model_args, training_args, new_parts=created))
     if training_args.bits in (4, 8):
         _kbit_dtypes(model, training_args)
     return model, tokenizer, template

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from llava.data.packing import first_fit_decreasing
+from llava.data.packing import checked_size, first_fit_decreasing
 from llava.train.sampler import _generator, length_grouped_indices, modality_length_grouped_indices
 
 
@@ -36,7 +36,7 @@ def deal_rows(
     """
     if layout not in ("flat", "rows"):
         raise ValueError(f"layout must be 'flat' or 'rows', got {layout!r}")
-    totals = [sum(min(int(lengths[i]), capacity) for i in row) for row in rows]
+    totals = [sum(checked_size(lengths[i], capacity, f"sample {i}") for i in row) for row in rows]
     per_chunk, extra = divmod(len(rows), num_chunks)
     limit = [per_chunk + (1 if c < extra else 0) for c in range(num_chunks)]
     by_size = sorted(range(len(rows)), key=lambda r: -totals[r])
@@ -58,8 +58,9 @@ def deal_rows(
 class PackedBatchSampler:
     """Micro-batches of packed rows; see the module docstring.
 
-    `lengths`: tokens the LLM sees per sample (image tokens counted); with
-    `group_by_modality=True` signed (> 0 image samples, < 0 text-only), as for LengthGroupedSampler.
+    `lengths`: tokens the LLM sees per sample (image tokens counted, already cut to the length
+    budget: one longer than `capacity` is a ValueError); with `group_by_modality=True` signed
+    (> 0 image samples, < 0 text-only), as for LengthGroupedSampler.
     `layout`: how the model lays packed rows out (llava.model.packed_inputs.layout_for), which
     decides how rows are dealt to micro-batches (see `deal_rows`).
     """
@@ -82,7 +83,7 @@ class PackedBatchSampler:
         if not lengths:
             raise ValueError("PackedBatchSampler needs the per-sample lengths of a non-empty dataset")
         self.lengths = list(lengths)
-        self.sizes = [abs(int(n)) for n in self.lengths]
+        self.sizes = [checked_size(n, capacity, f"sample {i}") for i, n in enumerate(self.lengths)]
         self.batch_size = batch_size
         self.num_chunks = num_chunks
         self.capacity = int(capacity)

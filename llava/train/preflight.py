@@ -16,10 +16,14 @@ _WANDB_NO_KEY_MODES = ("offline", "disabled", "dryrun")
 
 
 def check_flag_combinations(data_args, training_args) -> None:
-    if getattr(training_args, "packing", False) and data_args.image_aspect_ratio == "anyres":
+    from llava.data.length_budget import FIXED_COST_MODES
+
+    mode = data_args.image_aspect_ratio
+    if getattr(training_args, "packing", False) and mode not in FIXED_COST_MODES:
         raise ValueError(
-            "--packing True with --image_aspect_ratio anyres: packing counts the tower's fixed number of "
-            "tokens per image, while anyres gives each image as many as its tiles; use one or the other"
+            f"--packing True with --image_aspect_ratio {mode}: packing counts the tower's fixed number of "
+            "tokens per image (llava.data.length_budget), while anyres gives each image as many as its "
+            "tiles; use one or the other"
         )
 
 

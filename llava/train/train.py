@@ -21,7 +21,9 @@ import transformers
 from llava.data.collator import DataCollatorForSupervisedDataset
 from llava.data.dataset import LazySupervisedDataset, make_supervised_data_module
 from llava.data.preprocess import preprocess, preprocess_multimodal
+from llava.data.sample_format import SampleFormat
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from llava.train.freeze import FreezePolicy
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.model_setup import build_model_and_tokenizer, find_all_linear_names
 from llava.train.param_table import format_parameter_table
@@ -133,9 +135,22 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None,
         model_args, data_args, training_args, attn_implementation
     )
     logger.info("template %s; parameters:\n%s", template or "default (v1)", format_parameter_table(model))
-    data_module = make_supervised_data_module(tokenizer, data_args, training_args)
+    # What the data side needs, built once here and handed to the dataset and the collator; the
+    # loader gives 8-bit pixels, normalised by the tower with its own processor's table.
+    sample_format = SampleFormat.for_model(
+        model, tokenizer, template, vision=model_args.vision_tower is not None, uint8_images=True
+    )
+    logger.info("sample format: %s", sample_format)
+    data_module = make_supervised_data_module(tokenizer, data_args, sample_format, training_args)
+    stage = FreezePolicy.from_args(model_args, training_args)
     trainer = LLaVATrainer(
-        model=model, processing_class=tokenizer, args=training_args, callbacks=callbacks, **data_module
+        model=model,
+        processing_class=tokenizer,
+        args=training_args,
+        callbacks=callbacks,
+        projector_only=stage.projector_only,
+        save_embeddings_with_projector=stage.train_input_embeddings,
+        **data_module,
     )
     checkpoint = resolve_resume(training_args)
     if checkpoint:
