@@ -13,14 +13,19 @@ rendered with that turn left empty) and ends after the turn's end-of-turn text, 
     conv.append_message(conv.roles[0], "<image>\\nWhat is shown?")
     conv.append_message(conv.roles[1], None)
     prompt = conv.get_prompt()      # "... USER: <image>\\nWhat is shown? ASSISTANT:"
+    conv.stop_str                   # "</s>": where generation stops (eval, CLI, worker, API)
+
+Which template a checkpoint is served or evaluated with: `choose_conv_mode(requested, config,
+model_name)`: an explicit `--conv-mode`, else the `conv_template` training saved in config.json,
+else (checkpoints without one) the original's name-based `guess_conv_mode`.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
+import sys
+from collections.abc import Callable
 from enum import Enum, auto
-from io import BytesIO
 from typing import Any
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
@@ -192,6 +197,25 @@ class Conversation:
         out.append((full[pos:], False))
         return out
 
+    # ----------------------------------------------------------------------------------- stopping
+    @property
+    def stop_str(self) -> str | None:
+        """The text that ends an assistant turn of this template (where generation stops), or None.
+
+        `</s>` for v1 and LLaMA-2 styles (sep2), `###` for v0 (SINGLE: sep), `<|im_end|>` for MPT
+        (sep), `\\n` for plain (the caption ends with sep), sep2 for ChatML and LLaMA-3, and the
+        tokenizer's EOS for chat_template once a tokenizer is bound. Eval, CLI, worker and API all
+        stop on this one string.
+        """
+        style = self.sep_style
+        if style in (SeparatorStyle.SINGLE, SeparatorStyle.MPT, SeparatorStyle.PLAIN):
+            stop = self.sep
+        elif style == SeparatorStyle.CHAT_TEMPLATE:
+            stop = self.sep2 if self.tokenizer is not None else None
+        else:  # TWO, LLAMA_2, CHATML, LLAMA_3: the assistant's own end-of-turn text
+            stop = self.sep2
+        return stop if isinstance(stop, str) and stop.strip(" ") else None
+
     # ----------------------------------------------------------------------------------- editing
     def bind_tokenizer(self, tokenizer: Any) -> None:
         """Use `tokenizer` for CHAT_TEMPLATE rendering; its EOS becomes the stop string (sep/sep2)."""
@@ -204,56 +228,6 @@ class Conversation:
 
     def copy(self) -> Conversation:
         return dataclasses.replace(self, messages=[[x, y] for x, y in self.messages], skip_next=False)
-
-    # ----------------------------------------------------------------------------------- serving
-    def process_image(
-        self, image, image_process_mode, return_pil=False, image_format="PNG", max_len=1344, min_len=672
-    ):
-        """Pad/resize an uploaded image as the web demo does; base64 string unless `return_pil`."""
-        from llava.mm_utils import expand2square
-
-        if image_process_mode == "Pad":
-            image = expand2square(image, (122, 116, 104))
-        elif image_process_mode == "Resize":
-            image = image.resize((336, 336))
-        elif image_process_mode not in ("Default", "Crop"):
-            raise ValueError(f"Invalid image_process_mode: {image_process_mode}")
-        if max(image.size) > max_len:
-            max_hw, min_hw = max(image.size), min(image.size)
-            aspect_ratio = max_hw / min_hw
-            shortest_edge = int(min(max_len / aspect_ratio, min_len, min_hw))
-            longest_edge = int(shortest_edge * aspect_ratio)
-            w, h = image.size
-            image = image.resize((shortest_edge, longest_edge) if h > w else (longest_edge, shortest_edge))
-        if return_pil:
-            return image
-        if image_format.upper() in ("JPEG", "JPG") and image.mode != "RGB":
-            image = image.convert("RGB")
-        buffered = BytesIO()
-        image.save(buffered, format=image_format)
-        return base64.b64encode(buffered.getvalue()).decode()
-
-    def get_images(self, return_pil=False):
-        images = []
-        for i, (_, msg) in enumerate(self.messages[self.offset :]):
-            if i % 2 == 0 and isinstance(msg, tuple):
-                _, image, image_process_mode = msg
-                images.append(self.process_image(image, image_process_mode, return_pil=return_pil))
-        return images
-
-    def to_gradio_chatbot(self):
-        ret = []
-        for i, (_, msg) in enumerate(self.messages[self.offset :]):
-            if i % 2 == 0:
-                if isinstance(msg, tuple):
-                    msg, image, _ = msg
-                    img_b64 = self.process_image(image, "Default", return_pil=False, image_format="JPEG")
-                    img_str = f'<img src="data:image/jpeg;base64,{img_b64}" alt="user upload image" />'
-                    msg = img_str + msg.replace(DEFAULT_IMAGE_TOKEN, "").strip()
-                ret.append([msg, None])
-            else:
-                ret[-1][-1] = msg
-        return ret
 
     def dict(self):
         has_images = any(isinstance(m, tuple) for _, m in self.messages)
@@ -392,6 +366,99 @@ def get_conv_template(name: str, tokenizer: Any = None) -> Conversation:
     if tokenizer is not None:
         conv.bind_tokenizer(tokenizer)
     return conv
+
+
+# --------------------------------------------------------------------------- which template to serve
+def guess_conv_mode(model_name: str, multimodal: bool | None = None) -> str:
+    """The original's guess of a template from words in the model name (`llava-v1.5-7b` -> `llava_v1`).
+
+    Only for checkpoints that do not say which template they were trained with (no `conv_template`
+    in config.json: the original's). `multimodal` (when known) says whether it is a LLaVA model;
+    otherwise "llava" in the name decides. May name a template the original has and this registry
+    lacks (e.g. `mistral_orca`); `choose_conv_mode` turns that into a clear error.
+    """
+    name = model_name.lower()
+    if multimodal if multimodal is not None else "llava" in name:
+        if "llama-2" in name:
+            return "llava_llama_2"
+        if "mistral" in name or "mixtral" in name:
+            if "orca" in name:
+                return "mistral_orca"
+            if "hermes" in name:
+                return "chatml_direct"
+            return "mistral_instruct"
+        if "v1.6-34b" in name:
+            return "chatml_direct"
+        if "gemma" in name:
+            return "gemma_instruct"
+        plain_tag = "mmtag" in name or ("plain" in name and "finetune" not in name)
+        if "v1" in name:
+            return "v1_mmtag" if plain_tag else "llava_v1"
+        if "mpt" in name:
+            return "mpt"
+        return "v0_mmtag" if plain_tag else "llava_v0"
+    if "mpt" in name:
+        return "mpt_text"
+    if "llama-2" in name:
+        return "llama_2"
+    return "vicuna_v1"
+
+
+def saved_conv_template(config: Any) -> str | None:
+    """The `conv_template` a checkpoint's config carries (a PretrainedConfig, a dict or None)."""
+    if config is None:
+        return None
+    if isinstance(config, dict):
+        return config.get("conv_template") or None
+    return getattr(config, "conv_template", None) or None
+
+
+def _warn_stderr(message: str) -> None:
+    print(f"[WARNING] {message}", file=sys.stderr)
+
+
+def _check_registered(name: str, where: str) -> str:
+    if name not in conv_templates:
+        raise ValueError(
+            f"{where} names conversation template {name!r}, which is not registered; "
+            f"valid names: {', '.join(sorted(conv_templates))}"
+        )
+    return name
+
+
+def choose_conv_mode(
+    requested: str | None,
+    config: Any,
+    model_name: str,
+    multimodal: bool | None = None,
+    warn: Callable[[str], None] = _warn_stderr,
+) -> str:
+    """The template to serve or evaluate a checkpoint with: one rule for every entry point.
+
+    An explicit `requested` (`--conv-mode`) wins; when the checkpoint's saved `conv_template`
+    differs, `warn` is called with a message naming both. Else the saved `conv_template` (`config`
+    is the model's config, a dict such as a worker's status, or None). Else, for a checkpoint that
+    carries none, `guess_conv_mode(model_name, multimodal)`. Every name returned is registered
+    (an unknown one is a ValueError listing the valid names).
+    """
+    saved = saved_conv_template(config)
+    if requested:
+        _check_registered(requested, "--conv-mode")
+        if saved and saved != requested:
+            warn(
+                f"{model_name} was trained with conversation template {saved!r} (conv_template in its "
+                f"config), but --conv-mode is {requested!r}; using {requested!r}"
+            )
+        return requested
+    if saved:
+        return _check_registered(saved, f"the config of {model_name} (conv_template)")
+    guess = guess_conv_mode(model_name, multimodal)
+    if guess not in conv_templates:
+        raise ValueError(
+            f"{model_name}'s config has no conv_template and its name suggests template {guess!r}, which is "
+            f"not registered; pass --conv-mode (valid names: {', '.join(sorted(conv_templates))})"
+        )
+    return guess
 
 
 if __name__ == "__main__":

@@ -164,16 +164,18 @@ def test_serving_tuple_message_moves_image_to_front_and_mmtag_inserts_a_turn():
 
 
 def test_get_images_and_gradio_chatbot():
+    from llava.serve.chat_display import get_images, to_gradio_chatbot  # moved out of Conversation
+
     img = Image.new("RGB", (2000, 1000), (0, 255, 0))
     conv = get_conv_template("v1")
     conv.append_message(conv.roles[0], ("<image>\nHi", img, "Pad"))
     conv.append_message(conv.roles[1], "Hello")
-    (pil,) = conv.get_images(return_pil=True)
+    (pil,) = get_images(conv, return_pil=True)
     # padded to 2000x2000, over max_len=1344, so the short side goes to min_len=672 (as the original)
     assert pil.size == (672, 672)
-    (b64,) = conv.get_images()
+    (b64,) = get_images(conv)
     assert isinstance(b64, str) and len(b64) > 100
-    chat = conv.to_gradio_chatbot()
+    chat = to_gradio_chatbot(conv)
     assert chat[0][0].startswith('<img src="data:image/jpeg;base64,') and chat[0][0].endswith("Hi")
     assert chat[0][1] == "Hello"
 

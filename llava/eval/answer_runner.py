@@ -4,6 +4,10 @@ and ``model_vqa_mmbench``: questions in, one JSON line per answer out.
 Each answer line is ``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}``
 (plus ``round_id``, ``options``, ``option_char`` for MMBench), in question order.
 
+* The conversation template is the one the checkpoint was trained with (``conv_template`` in its
+  config.json) unless ``--conv-mode`` names another (a warning names both); a checkpoint without
+  one (the original's) falls back to the name-based guess (``llava-v1.5-*`` -> ``llava_v1``).
+  Generation stops where the template's assistant turn ends (``Conversation.stop_str``).
 * Greedy decoding by default (``--temperature 0``); ``--temperature > 0`` samples (``--top_p``,
   ``--seed``); ``--num_beams`` for beam search.
 * ``--num-chunks N --chunk-idx K`` answers the K-th of N contiguous shards (the original's split),
@@ -121,19 +125,14 @@ def user_message(item: EvalItem, has_image: bool, mm_use_im_start_end: bool) -> 
 
 
 class _Prepared:
-    """Turns items into (prompt ids, pixel tensor, image size); usable as a torch Dataset."""
+    """Turns items into (prompt ids, pixel tensor, image size); usable as a torch Dataset.
 
-    def __init__(self, items, tokenizer, image_processor, model_config, conv_mode):
-        from llava.conversation import get_conv_template
+    `sample_format` (llava.data.sample_format, built from the loaded model) says how: its template,
+    im_start/im_end use, image processor and image aspect ratio / grid.
+    """
 
-        self.items, self.tokenizer, self.processor, self.config = (
-            items,
-            tokenizer,
-            image_processor,
-            model_config,
-        )
-        self.conv_mode = conv_mode
-        get_conv_template(conv_mode, tokenizer)  # unknown name: a clear error before any work
+    def __init__(self, items, tokenizer, sample_format):
+        self.items, self.tokenizer, self.format = items, tokenizer, sample_format
 
     def __len__(self):
         return len(self.items)
@@ -142,29 +141,25 @@ class _Prepared:
         from llava.conversation import get_conv_template
         from llava.mm_utils import process_images, tokenizer_image_token
 
-        item = self.items[i]
+        item, fmt = self.items[i], self.format
         image = item.load_image() if item.load_image is not None else None
-        if image is not None and self.processor is None:
+        if image is not None and fmt.image_processor is None:
             raise ValueError(f"question {item.question_id} has an image but the model has no vision tower")
-        conv = get_conv_template(self.conv_mode, self.tokenizer)
-        conv.append_message(
-            conv.roles[0],
-            user_message(item, image is not None, getattr(self.config, "mm_use_im_start_end", False)),
-        )
+        conv = get_conv_template(fmt.template, self.tokenizer)
+        conv.append_message(conv.roles[0], user_message(item, image is not None, fmt.mm_use_im_start_end))
         conv.append_message(conv.roles[1], None)
         ids = tokenizer_image_token(conv.get_prompt(), self.tokenizer, IMAGE_TOKEN_INDEX)
         if image is None:
             return i, ids, None, None
-        pixels = process_images([image.convert("RGB")], self.processor, self.config)[0]
+        pixels = process_images([image.convert("RGB")], fmt.image_processor, fmt)[0]
         return i, ids, pixels, image.size
 
 
 def stop_string(conv_mode: str, tokenizer) -> str | None:
-    from llava.conversation import SeparatorStyle, get_conv_template
+    """Where answers in template `conv_mode` end (`Conversation.stop_str`, as serving stops)."""
+    from llava.conversation import get_conv_template
 
-    conv = get_conv_template(conv_mode, tokenizer)
-    stop = conv.sep2 if conv.sep_style == SeparatorStyle.TWO else conv.sep
-    return stop if isinstance(stop, str) and stop.strip(" ") else None
+    return get_conv_template(conv_mode, tokenizer).stop_str
 
 
 def generation_kwargs(args, tokenizer, stop: str | None) -> dict:
@@ -216,15 +211,17 @@ def generate_batch(model, tokenizer, batch, gen_kwargs: dict, stop: str | None) 
     return texts
 
 
-def add_runner_args(parser: argparse.ArgumentParser, *, question_file: str, conv_mode: str, max_new_tokens: int,
+def add_runner_args(parser: argparse.ArgumentParser, *, question_file: str, max_new_tokens: int,
                     temperature: float = 0.0, num_workers: int = 0) -> None:  # fmt: skip
-    """The original runners' flags (with their defaults, except greedy decoding) plus this runner's."""
+    """The original runners' flags (with their defaults, except greedy decoding and the template,
+    which comes from the checkpoint) plus this runner's."""
     parser.add_argument("--model-path", type=str, default="facebook/opt-350m")
     parser.add_argument("--model-base", type=str, default=None)
     parser.add_argument("--image-folder", type=str, default="")
     parser.add_argument("--question-file", type=str, default=question_file)
     parser.add_argument("--answers-file", type=str, default="answer.jsonl")
-    parser.add_argument("--conv-mode", type=str, default=conv_mode)
+    parser.add_argument("--conv-mode", type=str, default=None,
+                        help="template (default: conv_template in the checkpoint's config, else from its name)")  # fmt: skip
     parser.add_argument("--num-chunks", type=int, default=1)
     parser.add_argument("--chunk-idx", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
@@ -247,6 +244,13 @@ def add_runner_args(parser: argparse.ArgumentParser, *, question_file: str, conv
     )
 
 
+def eval_conv_mode(requested: str | None, model, image_processor, model_name: str) -> str:
+    """The template to answer in: ``--conv-mode``, else the checkpoint's ``conv_template``, else the guess."""
+    from llava.conversation import choose_conv_mode
+
+    return choose_conv_mode(requested, model.config, model_name, multimodal=image_processor is not None)
+
+
 def run(args, items: Sequence[EvalItem], loaded=None) -> Path:
     """Answer ``items`` (this process's chunk is taken here) into ``args.answers_file``.
 
@@ -256,6 +260,7 @@ def run(args, items: Sequence[EvalItem], loaded=None) -> Path:
     import torch
     from torch.utils.data import DataLoader
 
+    from llava.data.sample_format import SampleFormat
     from llava.mm_utils import get_model_name_from_path
 
     model_path = os.path.expanduser(args.model_path)
@@ -277,9 +282,13 @@ def run(args, items: Sequence[EvalItem], loaded=None) -> Path:
     tokenizer, model, image_processor, _ = loaded
     model.eval()
     torch.manual_seed(args.seed)
-    stop = stop_string(args.conv_mode, tokenizer)
+    conv_mode = eval_conv_mode(args.conv_mode, model, image_processor, model_name)
+    stop = stop_string(conv_mode, tokenizer)
     gen_kwargs = generation_kwargs(args, tokenizer, stop)
-    data = _Prepared(todo, tokenizer, image_processor, model.config, args.conv_mode)
+    sample_format = SampleFormat.for_model(
+        model, tokenizer, conv_mode, vision=image_processor is not None, image_processor=image_processor
+    )
+    data = _Prepared(todo, tokenizer, sample_format)
     loader = DataLoader(
         data, batch_size=max(1, args.batch_size), num_workers=args.num_workers, collate_fn=list
     )

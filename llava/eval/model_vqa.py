@@ -13,7 +13,7 @@ from llava.eval.question_sources import vqa_items
 
 def main(argv=None, loaded=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_runner_args(parser, question_file="tables/question.jsonl", conv_mode="llava_v1", max_new_tokens=1024)
+    add_runner_args(parser, question_file="tables/question.jsonl", max_new_tokens=1024)
     args = parser.parse_args(argv)
     return run(args, vqa_items(args.question_file, args.image_folder), loaded=loaded)
 

@@ -14,7 +14,7 @@ from llava.eval.question_sources import mmbench_items
 
 def main(argv=None, loaded=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_runner_args(parser, question_file="tables/question.jsonl", conv_mode="llava_v1", max_new_tokens=1024)
+    add_runner_args(parser, question_file="tables/question.jsonl", max_new_tokens=1024)
     parser.add_argument("--all-rounds", action="store_true", help="one question per rotation of the options")
     parser.add_argument("--single-pred-prompt", action="store_true", help="ask for the option letter only")
     parser.add_argument("--lang", type=str, default="en", choices=["en", "cn"])

@@ -12,7 +12,7 @@ from llava.eval.question_sources import science_items
 
 def main(argv=None, loaded=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_runner_args(parser, question_file="tables/question.json", conv_mode="llava_v0", max_new_tokens=1024)
+    add_runner_args(parser, question_file="tables/question.json", max_new_tokens=1024)
     parser.add_argument("--single-pred-prompt", action="store_true", help="ask for the option letter only")
     args = parser.parse_args(argv)
     return run(

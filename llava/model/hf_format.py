@@ -8,7 +8,8 @@
 Command line (atomic writes): ``python -m llava.model.convert_hf --to-hf|--from-hf ...``.
 
 The llava-hf prompt holds one ``<image>`` token per image feature (the processor expands it);
-``export_to_hf`` adds that token to the tokenizer and the embeddings.
+``export_to_hf`` adds that token to the tokenizer and the embeddings. The conversation template
+the model was trained with (``conv_template``) is kept in both directions.
 Weights move module by module through transformers' own classes, so key layouts stay theirs.
 """
 
@@ -38,6 +39,7 @@ _LLAVA_FIELDS = (
     "tune_mm_mlp_adapter",
     "freeze_mm_mlp_adapter",
     "unfreeze_mm_vision_tower",
+    "conv_template",
 )
 
 
@@ -118,6 +120,8 @@ def export_to_hf(model, tokenizer, out_dir, chat_template: str | None = None) ->
         multimodal_projector_bias=True,
         tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
     )
+    if getattr(cfg, "conv_template", None):  # the template it was trained with travels along
+        hf_cfg.conv_template = cfg.conv_template
     dtype = model.get_input_embeddings().weight.dtype
     hf = transformers.LlavaForConditionalGeneration._from_config(hf_cfg, dtype=dtype)
     text_state = {
@@ -181,6 +185,8 @@ def llava_from_hf(hf_path, vision_tower_name: str | None = None, **load_kwargs):
         image_aspect_ratio="pad",
         tokenizer_padding_side="right",
     )
+    if getattr(hcfg, "conv_template", None):  # written by export_to_hf; llava-hf's own folders lack it
+        mm_fields["conv_template"] = hcfg.conv_template
     text.pop("model_type", None)
     text.pop("architectures", None)
     dtype = hf.lm_head.weight.dtype

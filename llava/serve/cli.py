@@ -3,7 +3,8 @@
     python -m llava.serve.cli --model-path liuhaotian/llava-v1.5-7b --image-file photo.jpg [--load-4bit]
 
 Each line read from stdin is one user turn; an empty line or end of input quits. The
-conversation template follows the model name unless --conv-mode is given.
+conversation template is the one the checkpoint was trained with (`conv_template` in its
+config.json) unless --conv-mode is given; checkpoints without one fall back to the name-based guess.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ def chat(
     runner, conv, image, temperature: float, max_new_tokens: int, debug: bool = False, stdin=None, stdout=None
 ):
     """The read-answer loop; returns the conversation when input ends."""
-    from llava.serve.conv_mode import stop_string
     from llava.serve.inference import RequestError
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
@@ -73,7 +73,7 @@ def chat(
                     "images": images,
                     "temperature": temperature,
                     "max_new_tokens": max_new_tokens,
-                    "stop": stop_string(conv),
+                    "stop": conv.stop_str,
                 }
             )
         except RequestError as e:
@@ -104,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", type=str, default=None, help="cuda, cpu or mps (default: cuda if available, else mps/cpu)"
     )
-    p.add_argument("--conv-mode", type=str, default=None)
+    p.add_argument(
+        "--conv-mode",
+        type=str,
+        default=None,
+        help="conversation template (default: conv_template in the checkpoint's config, else from its name)",
+    )
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--load-8bit", action="store_true")
@@ -117,9 +122,9 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     image = load_image(args.image_file)  # fail fast, before the heavy imports
 
+    from llava.conversation import choose_conv_mode, get_conv_template
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
-    from llava.serve.conv_mode import get_template, infer_conv_mode
     from llava.serve.inference import ModelRunner
 
     device = args.device or default_device()
@@ -127,19 +132,16 @@ def main(argv=None) -> None:
     tokenizer, model, image_processor, context_len = load_pretrained_model(
         args.model_path, args.model_base, model_name, args.load_8bit, args.load_4bit, device=device
     )
-    runner = ModelRunner(tokenizer, model, image_processor, context_len, model_name)
+    try:
+        conv_mode = choose_conv_mode(args.conv_mode, model.config, model_name, multimodal=True)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    runner = ModelRunner(tokenizer, model, image_processor, context_len, model_name, conv_template=conv_mode)
     if not runner.is_multimodal:
         raise SystemExit(
             f"{args.model_path} has no vision tower; the CLI chats about an image and needs a LLaVA model"
         )
-    conv_mode = infer_conv_mode(model_name, multimodal=True)
-    if args.conv_mode is not None and args.conv_mode != conv_mode:
-        print(
-            f"[WARNING] the auto inferred conversation mode is {conv_mode}, while `--conv-mode` is "
-            f"{args.conv_mode}, using {args.conv_mode}",
-            file=sys.stderr,
-        )
-    conv = get_template(args.conv_mode or conv_mode, tokenizer)
+    conv = get_conv_template(conv_mode, tokenizer)
     chat(runner, conv, image, args.temperature, args.max_new_tokens, args.debug)
 
 

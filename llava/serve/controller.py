@@ -6,6 +6,9 @@ Endpoints (all POST, JSON, as the original): /register_worker, /refresh_all_work
 /get_worker_address, /receive_heart_beat, /worker_generate_stream (proxied to a worker as a
 NUL-delimited JSON stream), /worker_get_status. Workers that send no heartbeat for
 `--heart-beat-expiration` seconds (default 30, or $LLAVA_CONTROLLER_HEART_BEAT_EXPIRATION) are dropped.
+Added to the original's answers: /list_models and /worker_get_status also give `conv_templates`,
+`{model name: template}` as the workers report it (when any does), so the web server and the API
+render prompts in the template each model's worker serves.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import contextlib
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import requests
@@ -23,7 +26,7 @@ from fastapi import Request
 
 from llava.constants import CONTROLLER_HEART_BEAT_EXPIRATION
 from llava.serve import protocol
-from llava.serve.utils import build_logger, env_float
+from llava.serve.logs import build_logger
 
 EXPIRATION_ENV = "LLAVA_CONTROLLER_HEART_BEAT_EXPIRATION"
 
@@ -48,6 +51,16 @@ class WorkerInfo:
     queue_length: int
     check_heart_beat: bool
     last_heart_beat: float
+    conv_templates: dict[str, str] = field(default_factory=dict)
+
+
+def _templates_of(status: dict) -> dict[str, str]:
+    """`{model: template}` from a worker's status (`conv_template`) or a controller's (`conv_templates`)."""
+    many = status.get("conv_templates")
+    if isinstance(many, dict):
+        return {str(m): t for m, t in many.items() if isinstance(t, str) and t}
+    one = status.get("conv_template")
+    return {str(m): one for m in status["model_names"]} if isinstance(one, str) and one else {}
 
 
 def _valid_status(status) -> bool:
@@ -65,7 +78,7 @@ class Controller:
     def __init__(self, dispatch_method: str = "shortest_queue", heart_beat_expiration: float | None = None):
         self.dispatch_method = DispatchMethod.from_str(dispatch_method)
         self.heart_beat_expiration = float(
-            heart_beat_expiration or env_float(EXPIRATION_ENV, CONTROLLER_HEART_BEAT_EXPIRATION)
+            heart_beat_expiration or protocol.env_float(EXPIRATION_ENV, CONTROLLER_HEART_BEAT_EXPIRATION)
         )
         self.worker_info: dict[str, WorkerInfo] = {}
         self._lock = threading.RLock()
@@ -87,6 +100,7 @@ class Controller:
                 int(worker_status.get("queue_length", 0)),
                 bool(check_heart_beat),
                 time.time(),
+                _templates_of(worker_status),
             )
         self.logger.info(
             f"Register {'an existing' if known else 'a new'} worker: {worker_name}, {worker_status}"
@@ -123,6 +137,15 @@ class Controller:
         with self._lock:
             names = {m for info in self.worker_info.values() for m in info.model_names}
         return sorted(names)
+
+    def conv_templates(self) -> dict[str, str]:
+        """`{model: template}` for the models whose workers report one (the first worker's wins)."""
+        out: dict[str, str] = {}
+        with self._lock:
+            for info in self.worker_info.values():
+                for model, template in info.conv_templates.items():
+                    out.setdefault(model, template)
+        return dict(sorted(out.items()))
 
     # --- dispatch -------------------------------------------------------------------------------
     def get_worker_address(self, model_name: str) -> str:
@@ -180,7 +203,7 @@ class Controller:
 
     # --- acting as a worker (hierarchical controllers) --------------------------------------------
     def worker_api_get_status(self) -> dict:
-        model_names, speed, queue_length = set(), 0.0, 0
+        model_names, speed, queue_length, templates = set(), 0.0, 0, {}
         with self._lock:
             names = list(self.worker_info)
         for w_name in names:
@@ -189,7 +212,12 @@ class Controller:
                 model_names.update(status["model_names"])
                 speed += status.get("speed", 1)
                 queue_length += status.get("queue_length", 0)
-        return {"model_names": sorted(model_names), "speed": speed, "queue_length": queue_length}
+                for model, template in _templates_of(status).items():
+                    templates.setdefault(model, template)
+        out = {"model_names": sorted(model_names), "speed": speed, "queue_length": queue_length}
+        if templates:
+            out["conv_templates"] = dict(sorted(templates.items()))
+        return out
 
 
 def _no_worker_message(model, models: list[str]) -> str:
@@ -249,7 +277,8 @@ def create_app(controller: Controller):
 
     @app.post("/list_models")
     def list_models():
-        return {"models": controller.list_models()}
+        templates = controller.conv_templates()
+        return {"models": controller.list_models(), **({"conv_templates": templates} if templates else {})}
 
     @app.post("/get_worker_address")
     async def get_worker_address(request: Request):

@@ -1,52 +1,52 @@
-"""Which conversation template a served model uses, when the user does not say (`--conv-mode`).
+"""The template of a model served by a worker, for processes that do not hold the model.
 
-The original picks it from words in the model name (`llava-v1.5-7b` -> `llava_v1`); served models are
-only known by name, so the same rule is kept here, in one place, for the CLI, the web server and the
-OpenAI-compatible API. An explicit `--conv-mode` always wins.
+The web server and the OpenAI API render prompts for models that live in model workers. Each
+worker reports the template it serves (`conv_template` in its status; the controller's
+/list_models passes them on as `conv_templates`); `remote_conversation` picks it through the one
+rule, `llava.conversation.choose_conv_mode`: the server's --conv-mode, else the worker's
+template, else the name-based guess (workers that do not report one).
+
+Old names kept: `infer_conv_mode` is `llava.conversation.guess_conv_mode`, `stop_string(conv)` is
+`conv.stop_str`, `get_template` is `get_conv_template`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from llava.conversation import SeparatorStyle, choose_conv_mode, get_conv_template, guess_conv_mode
+
+
+def remote_conversation(
+    model_name: str, conv_mode: str | None, templates: dict, warn: Callable[[str], None]
+):
+    """A fresh conversation for `model_name`: `conv_mode`, else `templates[model_name]`, else the guess.
+
+    ValueError for an unknown name, and for `chat_template`, which renders with the model's own
+    tokenizer that only the worker holds.
+    """
+    reported = {"conv_template": templates.get(model_name)}
+    name = choose_conv_mode(conv_mode, reported, model_name, warn=warn)
+    conv = get_conv_template(name)
+    if conv.sep_style == SeparatorStyle.CHAT_TEMPLATE:
+        raise ValueError(
+            f"template {name!r} for {model_name!r} renders with the model's own tokenizer, which only its "
+            "worker holds; start this server with --conv-mode naming a registered template, or chat "
+            "through python -m llava.serve.cli"
+        )
+    return conv
+
 
 def infer_conv_mode(model_name: str, multimodal: bool | None = None) -> str:
-    """Template name for `model_name`; `multimodal` (when known) says whether it is a LLaVA model."""
-    name = model_name.lower()
-    if multimodal if multimodal is not None else "llava" in name:
-        if "llama-2" in name:
-            return "llava_llama_2"
-        if "mistral" in name or "mixtral" in name:
-            if "orca" in name:
-                return "mistral_orca"
-            if "hermes" in name:
-                return "chatml_direct"
-            return "mistral_instruct"
-        if "v1.6-34b" in name:
-            return "chatml_direct"
-        if "gemma" in name:
-            return "gemma_instruct"
-        plain_tag = "mmtag" in name or ("plain" in name and "finetune" not in name)
-        if "v1" in name:
-            return "v1_mmtag" if plain_tag else "llava_v1"
-        if "mpt" in name:
-            return "mpt"
-        return "v0_mmtag" if plain_tag else "llava_v0"
-    if "mpt" in name:
-        return "mpt_text"
-    if "llama-2" in name:
-        return "llama_2"
-    return "vicuna_v1"
+    """The name-based guess (`llava.conversation.guess_conv_mode`)."""
+    return guess_conv_mode(model_name, multimodal)
 
 
-def stop_string(conv) -> str:
-    """The stop string for a conversation (the original: `sep` for SINGLE/MPT styles, else `sep2`)."""
-    from llava.conversation import SeparatorStyle
-
-    single = {getattr(SeparatorStyle, n) for n in ("SINGLE", "MPT") if hasattr(SeparatorStyle, n)}
-    return conv.sep if conv.sep_style in single else conv.sep2
+def stop_string(conv) -> str | None:
+    """The string that ends an assistant turn of `conv` (`conv.stop_str`)."""
+    return conv.stop_str
 
 
 def get_template(conv_mode: str, tokenizer=None):
     """A fresh copy of the named template (ValueError listing the valid names when unknown)."""
-    from llava.conversation import get_conv_template
-
     return get_conv_template(conv_mode, tokenizer)

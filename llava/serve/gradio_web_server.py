@@ -3,7 +3,9 @@
     python -m llava.serve.gradio_web_server --controller-url http://localhost:10000 --model-list-mode reload
 
 Flags as the original (--host --port --controller-url --concurrency-count --model-list-mode
-once|reload --share --moderate). Talks to the controller and workers with the original protocol.
+once|reload --share --moderate), plus --conv-mode. Talks to the controller and workers with the
+original protocol. Each conversation is rendered in the template the chosen model's worker serves
+(it reports it; the controller's /list_models passes it on) unless --conv-mode names one for all.
 Gradio analytics and update checks are off and the page loads no outside resources.
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import time
@@ -22,15 +23,23 @@ import gradio as gr
 import requests
 
 from llava.constants import LOGDIR
+from llava.conversation import get_conv_template
 from llava.serve import protocol
-from llava.serve.conv_mode import get_template, infer_conv_mode, stop_string
-from llava.serve.utils import build_logger, moderation_msg, offline_gradio_env, server_error_msg
-from llava.utils.atomic import atomic_path
+from llava.serve.chat_display import (
+    IMAGE_PROCESS_MODES,
+    chatbot_messages,
+    get_images,
+    saved_image_path,
+)
+from llava.serve.conv_mode import remote_conversation
+from llava.serve.logs import build_logger
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-IMAGE_PROCESS_MODES = ["Crop", "Resize", "Pad", "Default"]
 HEADERS = {"User-Agent": "LLaVA Client"}
 BLOCK_CSS = "#buttons button { min-width: min(120px,100%); }"
+# Same wording as the original, so users' scripts that look for it keep working.
+server_error_msg = "**NETWORK ERROR DUE TO HIGH TRAFFIC. PLEASE REGENERATE OR REFRESH THIS PAGE.**"
+moderation_msg = "YOUR INPUT VIOLATES OUR CONTENT MODERATION GUIDELINES. PLEASE TRY AGAIN."
 
 
 @dataclass
@@ -40,6 +49,14 @@ class WebSettings:
     moderate: bool = False
     logdir: str = LOGDIR
     models: list[str] = field(default_factory=list)
+    conv_mode: str | None = None  # --conv-mode: one template for every model
+
+
+def offline_gradio_env() -> None:
+    """Turn off Gradio/HF telemetry and update checks for this process (main() calls it)."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("GRADIO_SSR_MODE", "False")
 
 
 def get_model_list(controller_url: str, logger=None) -> list[str]:
@@ -57,6 +74,31 @@ def get_model_list(controller_url: str, logger=None) -> list[str]:
     return models
 
 
+def get_model_templates(controller_url: str, logger=None) -> dict[str, str]:
+    """`{model: template}` as the workers report them through the controller ({} if unknown)."""
+    try:
+        r = requests.post(controller_url + "/list_models", timeout=10)
+        templates = r.json().get("conv_templates") or {}
+    except (requests.exceptions.RequestException, ValueError, AttributeError) as e:
+        if logger:
+            logger.error(f"cannot ask {controller_url} for the models' templates: {e}")
+        return {}
+    return templates if isinstance(templates, dict) else {}
+
+
+def worker_payload(state, model_name, temperature, top_p, max_new_tokens) -> dict:
+    """The /worker_generate_stream request for the conversation so far (stop: `state.stop_str`)."""
+    return {
+        "model": model_name,
+        "prompt": state.get_prompt(),
+        "temperature": float(temperature),
+        "top_p": float(top_p),
+        "max_new_tokens": min(int(max_new_tokens), 1536),
+        "stop": state.stop_str,
+        "images": get_images(state),
+    }
+
+
 def violates_moderation(text: str) -> bool:
     """OpenAI moderation check (only with --moderate; needs OPENAI_API_KEY). Fails open on errors."""
     try:
@@ -65,33 +107,6 @@ def violates_moderation(text: str) -> bool:
         return bool(openai.OpenAI(timeout=5).moderations.create(input=text).results[0].flagged)
     except Exception:  # noqa: BLE001 - like the original: a failing check does not block the chat
         return False
-
-
-def _image_path(image, logdir: str) -> str:
-    """Save an uploaded image under LOGDIR/serve_images/<date>/<md5>.jpg (as the original) and return it."""
-    digest = hashlib.md5(image.tobytes()).hexdigest()
-    t = datetime.datetime.now()
-    path = Path(logdir) / "serve_images" / f"{t.year}-{t.month:02d}-{t.day:02d}" / f"{digest}.jpg"
-    if not path.is_file():
-        with atomic_path(path, suffix=".jpg") as tmp:
-            image.convert("RGB").save(tmp, format="JPEG")
-    return str(path)
-
-
-def chatbot_messages(state, logdir: str) -> list[dict]:
-    """The conversation as Gradio 6 chat messages (images shown from their saved files)."""
-    out: list[dict] = []
-    if state is None:
-        return out
-    for i, (_, msg) in enumerate(state.messages[state.offset :]):
-        role = "user" if i % 2 == 0 else "assistant"
-        if isinstance(msg, tuple):
-            text, image, _ = msg
-            out.append({"role": role, "content": {"path": _image_path(image, logdir)}})
-            msg = text.replace("<image>", "").strip()
-        if msg is not None:
-            out.append({"role": role, "content": msg})
-    return out
 
 
 class WebUI:
@@ -186,7 +201,9 @@ class WebUI:
             return
         if len(state.messages) == state.offset + 2:  # first round: switch to the model's template
             try:
-                new_state = get_template(infer_conv_mode(model_name or ""))
+                templates = get_model_templates(self.s.controller_url, self.logger)
+                warn = self.logger.warning
+                new_state = remote_conversation(model_name or "", self.s.conv_mode, templates, warn)
             except ValueError as e:
                 state.messages[-1][-1] = f"Cannot chat with {model_name!r}: {e}"
                 yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons_error()
@@ -208,18 +225,9 @@ class WebUI:
             yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons_error()
             return
 
-        prompt = state.get_prompt()
-        pil_images = state.get_images(return_pil=True)
-        image_paths = [_image_path(im, self.s.logdir) for im in pil_images]
-        pload = {
-            "model": model_name,
-            "prompt": prompt,
-            "temperature": float(temperature),
-            "top_p": float(top_p),
-            "max_new_tokens": min(int(max_new_tokens), 1536),
-            "stop": stop_string(state),
-            "images": state.get_images(),
-        }
+        pload = worker_payload(state, model_name, temperature, top_p, max_new_tokens)
+        prompt = pload["prompt"]
+        image_paths = [saved_image_path(im, self.s.logdir) for im in get_images(state, return_pil=True)]
         state.messages[-1][-1] = ""
         yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons(False)
         output = ""
@@ -277,7 +285,7 @@ def build_demo(settings: WebSettings, logger=None):
                 )
                 imagebox = gr.Image(type="pil", elem_id="imagebox", sources=["upload", "clipboard"])
                 image_process_mode = gr.Radio(
-                    IMAGE_PROCESS_MODES,
+                    list(IMAGE_PROCESS_MODES),
                     value="Default",
                     label="Preprocess for non-square image",
                     visible=True,
@@ -370,11 +378,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--moderate", action="store_true", help="check input with OpenAI moderation (needs OPENAI_API_KEY)"
     )
+    p.add_argument(
+        "--conv-mode",
+        type=str,
+        default=None,
+        help="template for all models (default: the one each model's worker serves)",
+    )
     return p
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    if args.conv_mode:
+        get_conv_template(args.conv_mode)  # fail at start, with the valid names, not at the first chat
     offline_gradio_env()
     logger = build_logger("gradio_web_server", "gradio_web_server.log")
     logger.info(f"args: {args}")
@@ -385,6 +401,7 @@ def main(argv=None) -> None:
         moderate=args.moderate,
         logdir=logdir,
         models=get_model_list(args.controller_url.rstrip("/"), logger),
+        conv_mode=args.conv_mode,
     )
     demo = build_demo(settings, logger)
     demo.queue(default_concurrency_limit=args.concurrency_count, api_open=False).launch(

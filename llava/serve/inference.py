@@ -5,7 +5,9 @@ request (types, images, `<image>` count, context length) and raises `RequestErro
 for the user; nothing is computed on the model before that. `ModelRunner.stream(prepared)` runs
 `model.generate` in a thread with transformers' `TextIteratorStreamer` and yields protocol dicts
 `{"text": prompt + answer so far, "error_code": 0}`. Stop strings are cut without ever sending a
-partial stop string, and generation ends as soon as one appears or the consumer goes away.
+partial stop string, and generation ends as soon as one appears or the consumer goes away. A request
+without `stop` stops on the end of an assistant turn of the template the worker serves
+(`conv_template`: its `Conversation.stop_str`); the tokenizer's EOS always stops.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from llava.constants import (
     DEFAULT_IMAGE_TOKEN,
     IMAGE_TOKEN_INDEX,
 )
+from llava.data.length_budget import LengthBudget
 from llava.serve import protocol
 from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS, ImageInputError, load_image_from_base64
 
@@ -117,8 +120,14 @@ class ModelRunner:
         model_name: str,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         stream_timeout: float | None = 300.0,
+        conv_template: str | None = None,
     ):
+        from llava.conversation import get_conv_template
+
         self.tokenizer, self.model, self.image_processor = tokenizer, model, image_processor
+        # The template the worker serves (reported in its status) and where its assistant turns end.
+        self.conv_template = conv_template
+        self.stop_str = get_conv_template(conv_template, tokenizer).stop_str if conv_template else None
         self.context_len = int(context_len)
         self.model_name = model_name
         self.max_image_pixels = max_image_pixels
@@ -160,14 +169,16 @@ class ModelRunner:
         top_k = _number(params, "top_k", 50, int, 0, None)
         repetition_penalty = _number(params, "repetition_penalty", 1.0, float, 1e-6, None)
         max_new_tokens = min(_number(params, "max_new_tokens", 256, int, 1, None), MAX_NEW_TOKENS_CAP)
-        stop = _stop_list(params.get("stop"))
+        if params.get("stop") is None:  # none given: the end of an assistant turn of our template
+            stop = [self.stop_str] if self.stop_str else []
+        else:
+            stop = _stop_list(params.get("stop"))
         eos = getattr(self.tokenizer, "eos_token", None)
         if isinstance(eos, str) and eos and eos not in stop:
             stop.append(eos)  # special tokens are decoded (templates stop on them); never show EOS
 
         image_args: dict = {}
         text = prompt
-        num_image_tokens = 0
         if images:
             pil = []
             for i, img in enumerate(images):
@@ -191,11 +202,13 @@ class ModelRunner:
                 text = text.replace(
                     DEFAULT_IMAGE_TOKEN, DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
                 )
-            num_image_tokens = len(images) * int(getattr(self.vision_tower, "num_patches", 0) or 0)
 
         input_ids = tokenizer_image_token(text, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
         input_ids = input_ids.unsqueeze(0).to(self.model.device)
-        prompt_tokens = int(input_ids.shape[-1]) - len(images) + num_image_tokens
+        per_image = int(getattr(self.vision_tower, "num_image_tokens", 0) or 0)  # as training counts
+        aspect = getattr(self.model.config, "image_aspect_ratio", None)
+        budget = LengthBudget.for_images(self.context_len, per_image, aspect)
+        prompt_tokens = budget.sequence_length(input_ids[0])
         room = self.context_len - prompt_tokens
         if room < 1:
             raise RequestError(

@@ -8,6 +8,9 @@ Endpoints (POST, as the original): /worker_generate_stream (request fields: prom
 NUL-delimited JSON stream, see llava.serve.protocol) and /worker_get_status. A bad request gets an
 error chunk (HTTP 400) and the worker serves the next one. At most --limit-model-concurrency
 requests generate at once; the rest wait in line (their number is the reported queue length).
+The status also reports `conv_template`, the template this worker serves (--conv-mode, else the one
+saved in the checkpoint's config.json, else the name-based guess); the web server and the OpenAI API
+render prompts in it, and a request without `stop` stops where its assistant turns end.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from fastapi import Request
 
 from llava.constants import WORKER_HEART_BEAT_INTERVAL
 from llava.serve import protocol
-from llava.serve.utils import build_logger, env_float
+from llava.serve.logs import build_logger
 
 INTERVAL_ENV = "LLAVA_WORKER_HEART_BEAT_INTERVAL"
 
@@ -51,7 +54,9 @@ class ModelWorker:
         self.model_name = runner.model_name
         self.limit = limit_model_concurrency
         self.no_register = no_register
-        self.interval = float(heart_beat_interval or env_float(INTERVAL_ENV, WORKER_HEART_BEAT_INTERVAL))
+        self.interval = float(
+            heart_beat_interval or protocol.env_float(INTERVAL_ENV, WORKER_HEART_BEAT_INTERVAL)
+        )
         self.worker_id = worker_id or uuid.uuid4().hex[:6]
         self.logger = build_logger("model_worker", f"model_worker_{self.worker_id}.log")
         self._active = 0  # requests admitted and not finished (running or waiting)
@@ -71,7 +76,11 @@ class ModelWorker:
         return self._active
 
     def get_status(self) -> dict:
-        return {"model_names": [self.model_name], "speed": 1, "queue_length": self.get_queue_length()}
+        status = {"model_names": [self.model_name], "speed": 1, "queue_length": self.get_queue_length()}
+        template = getattr(self.runner, "conv_template", None)
+        if template:  # added to the original's status: the template the worker serves
+            status["conv_template"] = template
+        return status
 
     # --- controller -----------------------------------------------------------------------------
     def register_to_controller(self) -> bool:
@@ -214,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--multi-modal", action="store_true", help="ignored: multimodality is read from the checkpoint"
     )
+    p.add_argument(
+        "--conv-mode",
+        type=str,
+        default=None,
+        help="template this worker serves (default: the checkpoint's conv_template, else from its name)",
+    )
     p.add_argument("--limit-model-concurrency", type=int, default=5)
     p.add_argument(
         "--stream-interval", type=int, default=1, help="kept for compatibility; every token is streamed"
@@ -235,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_runner(args):
-    """Load the model named by the worker's flags into a ModelRunner."""
+    """Load the model named by the worker's flags into a ModelRunner (with the template it serves)."""
+    from llava.conversation import choose_conv_mode
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
     from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS
@@ -251,6 +267,9 @@ def load_runner(args):
         device=args.device,
         use_flash_attn=args.use_flash_attn,
     )
+    has_tower = hasattr(model, "get_vision_tower") and model.get_vision_tower() is not None
+    multimodal = has_tower and image_processor is not None
+    conv_template = choose_conv_mode(args.conv_mode, model.config, name, multimodal=multimodal)
     return ModelRunner(
         tokenizer,
         model,
@@ -258,6 +277,7 @@ def load_runner(args):
         context_len,
         name,
         max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS,
+        conv_template=conv_template,
     )
 
 
@@ -275,7 +295,10 @@ def main(argv=None) -> None:
         no_register=args.no_register,
         heart_beat_interval=args.heart_beat_interval,
     )
-    worker.logger.info(f"args: {args}; model {runner.model_name!r} loaded in {time.time() - t0:.1f}s")
+    worker.logger.info(
+        f"args: {args}; model {runner.model_name!r} loaded in {time.time() - t0:.1f}s, "
+        f"conversation template {runner.conv_template!r}"
+    )
     uvicorn.run(create_app(worker), host=args.host, port=args.port, log_level="warning")
 
 

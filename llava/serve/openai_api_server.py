@@ -10,7 +10,10 @@
         {"type": "text", "text": "What is in the picture?"}]}], stream=True)
 
 Images come as image_url parts holding data: URLs; http(s) URLs are fetched only with
---allow-image-urls. Streaming answers are server-sent events ending with `data: [DONE]`.
+--allow-image-urls. Streaming answers are server-sent events ending with `data: [DONE]`. Prompts
+are rendered in the template the model's worker serves (the controller's /list_models reports it),
+unless --conv-mode names one for all models; the worker's answer stops where that template's
+assistant turn ends (`Conversation.stop_str`) and on the request's `stop`.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from llava.conversation import get_conv_template
 from llava.serve import protocol
-from llava.serve.conv_mode import get_template, infer_conv_mode, stop_string
+from llava.serve.conv_mode import remote_conversation
 from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS
+from llava.serve.logs import build_logger
 from llava.serve.openai_messages import (
     APIError,
     ChatCompletionRequest,
@@ -36,7 +41,6 @@ from llava.serve.openai_messages import (
     check_supported,
     user_stops,
 )
-from llava.serve.utils import build_logger
 
 API_KEYS_ENV = "LLAVA_API_KEYS"
 DEFAULT_MAX_TOKENS = 512
@@ -59,19 +63,205 @@ def _error_status(worker_status: int, error_code: int) -> int:
     return 502 if error_code == protocol.WORKER_UNREACHABLE else 500
 
 
+def with_total(usage: dict | None) -> dict:
+    """The worker's usage plus OpenAI's `total_tokens` (the one place it is computed)."""
+    usage = dict(usage or {})
+    usage["total_tokens"] = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+    return usage
+
+
+def parse_request(raw) -> ChatCompletionRequest:
+    """The validated request, or an APIError 400 naming the first bad parameter."""
+    from pydantic import ValidationError
+
+    try:
+        req = ChatCompletionRequest.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(x) for x in first.get("loc", ()))
+        raise APIError(400, f"invalid request: {param}: {first.get('msg')}", param=param or None) from None
+    check_supported(req)
+    return req
+
+
+def conversation_for(model: str, conv_mode: str | None, templates: dict, warn):
+    """A fresh template for `model`: `conv_mode` (--conv-mode), else its worker's, else the name guess."""
+    try:
+        return remote_conversation(model, conv_mode, templates, warn)
+    except ValueError as e:
+        raise APIError(500, f"{e} (start the API with --conv-mode)", "server_error") from None
+
+
+def generation_payload(req: ChatCompletionRequest, conv, prompt: str, images: list[str], stops: list[str]):
+    """The /worker_generate_stream request; it stops where `conv`'s assistant turn ends and on `stops`."""
+    return {
+        "model": req.model,
+        "prompt": prompt,
+        "images": images,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "max_new_tokens": req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
+        "stop": [s for s in [conv.stop_str] if s] + stops,
+    }
+
+
+class ControllerClient:
+    """The API's view of the controller: its models, their templates, and answer streams."""
+
+    def __init__(self, http, address: str):
+        self.http, self.address = http, address.rstrip("/")
+
+    async def listing(self) -> dict:
+        import httpx
+
+        try:
+            r = await self.http.post(self.address + "/list_models")
+            r.raise_for_status()
+            data = r.json()
+            return {"models": list(data["models"]), "conv_templates": dict(data.get("conv_templates") or {})}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            raise APIError(
+                503, f"the controller at {self.address} is unreachable ({e})", "server_error"
+            ) from None
+
+    async def open_stream(self, pload: dict) -> tuple[Upstream, dict]:
+        """The worker's stream for `pload` and its first chunk; an APIError when it fails at once."""
+        import httpx
+
+        try:
+            response = await self.http.send(
+                self.http.build_request("POST", self.address + "/worker_generate_stream", json=pload),
+                stream=True,
+            )
+        except httpx.HTTPError as e:
+            raise APIError(
+                503, f"the controller at {self.address} is unreachable ({e})", "server_error"
+            ) from None
+        upstream = Upstream(response)
+        first = await upstream.next()
+        if first is None or first["error_code"] != protocol.OK:
+            await upstream.aclose()
+            msg = first["text"] if first else "the worker closed the stream without an answer"
+            code = first["error_code"] if first else protocol.WORKER_ERROR
+            status = _error_status(response.status_code, code)
+            kind = "invalid_request_error" if status in (400, 404) else "server_error"
+            raise APIError(status, msg, kind, code="model_not_found" if status == 404 else None)
+        return upstream, first
+
+
+class Upstream:
+    """One answer stream from a worker: protocol chunks, then None; a broken stream is an error chunk."""
+
+    def __init__(self, response):
+        self.response = response
+        self._chunks = protocol.aiter_chunks(response.aiter_raw())
+
+    async def next(self) -> dict | None:
+        import httpx
+
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            return None
+        except (httpx.HTTPError, ValueError) as e:
+            return {"text": f"the worker stream broke ({e})", "error_code": protocol.WORKER_UNREACHABLE}
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
+@dataclass
+class Reply:
+    """What every answer object of one completion shares, and how to build them."""
+
+    model: str
+    prompt: str
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def answer(self, chunk: dict) -> str:
+        return chunk["text"][len(self.prompt) :].lstrip()
+
+    def completion(self, last: dict) -> dict:
+        message = {"role": "assistant", "content": self.answer(last)}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": last.get("finish_reason", "stop")}],
+            "usage": with_total(last.get("usage")),
+        }
+
+    def event(self, choices: list, usage: dict | None = None) -> str:
+        obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
+        obj["choices"] = choices
+        if usage is not None:
+            obj["usage"] = usage
+        return f"data: {json.dumps(obj)}\n\n"
+
+
+async def complete(upstream: Upstream, first: dict, reply: Reply) -> dict:
+    """The whole answer as one `chat.completion` object."""
+    last = first
+    try:
+        while (c := await upstream.next()) is not None:
+            if c["error_code"] != protocol.OK:
+                raise APIError(500, c["text"], "server_error")
+            last = c
+    finally:
+        await upstream.aclose()
+    return reply.completion(last)
+
+
+async def stream_events(upstream: Upstream, first: dict, reply: Reply, include_usage: bool):
+    """Server-sent `chat.completion.chunk` events: the role, content deltas, the finish, `[DONE]`."""
+    sent = ""
+    try:
+        role = {"role": "assistant", "content": ""}
+        yield reply.event([{"index": 0, "delta": role, "finish_reason": None}])
+        c = first
+        while c is not None:
+            if c["error_code"] != protocol.OK:
+                yield f"data: {json.dumps(APIError(500, c['text'], 'server_error').body())}\n\n"
+                return
+            answer = reply.answer(c)
+            if len(answer) > len(sent):
+                delta, sent = answer[len(sent) :], answer
+                yield reply.event([{"index": 0, "delta": {"content": delta}, "finish_reason": None}])
+            if "finish_reason" in c:
+                yield reply.event([{"index": 0, "delta": {}, "finish_reason": c["finish_reason"]}])
+                if include_usage:
+                    yield reply.event([], with_total(c.get("usage")))
+            c = await upstream.next()
+        yield "data: [DONE]\n\n"
+    finally:
+        await upstream.aclose()
+
+
+def _key_ok(settings: APISettings, authorization: str) -> bool:
+    token = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+    return any(secrets.compare_digest(token, k) for k in settings.api_keys)
+
+
 def create_app(settings: APISettings):
     import httpx
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, StreamingResponse
-    from pydantic import ValidationError
     from starlette.concurrency import run_in_threadpool
 
     logger = build_logger("openai_api_server", "openai_api_server.log")
-    controller = settings.controller_address.rstrip("/")
+    warned: set[str] = set()
+
+    def warn_once(message: str) -> None:  # an overridden template is logged once, not per request
+        if message not in warned:
+            warned.add(message)
+            logger.warning(message)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
+        app.state.controller = ControllerClient(app.state.http, settings.controller_address)
         try:
             yield
         finally:
@@ -86,26 +276,10 @@ def create_app(settings: APISettings):
     @app.middleware("http")
     async def check_key(request: Request, call_next):
         if settings.api_keys and request.url.path.startswith("/v1"):
-            auth = request.headers.get("authorization", "")
-            token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-            if not any(secrets.compare_digest(token, k) for k in settings.api_keys):
-                err = APIError(
-                    401,
-                    "invalid or missing API key (send 'Authorization: Bearer <key>')",
-                    code="invalid_api_key",
-                )
-                return JSONResponse(err.body(), status_code=401)
+            if not _key_ok(settings, request.headers.get("authorization", "")):
+                msg = "invalid or missing API key (send 'Authorization: Bearer <key>')"
+                return JSONResponse(APIError(401, msg, code="invalid_api_key").body(), status_code=401)
         return await call_next(request)
-
-    async def list_models(http) -> list[str]:
-        try:
-            r = await http.post(controller + "/list_models")
-            r.raise_for_status()
-            return list(r.json()["models"])
-        except (httpx.HTTPError, ValueError, KeyError) as e:
-            raise APIError(
-                503, f"the controller at {controller} is unreachable ({e})", "server_error"
-            ) from None
 
     @app.get("/health")
     async def health():
@@ -113,11 +287,9 @@ def create_app(settings: APISettings):
 
     @app.get("/v1/models")
     async def models(request: Request):
-        names = await list_models(request.app.state.http)
-        return {
-            "object": "list",
-            "data": [{"id": n, "object": "model", "created": 0, "owned_by": "llava"} for n in names],
-        }
+        names = (await request.app.state.controller.listing())["models"]
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "llava"} for n in names]
+        return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -125,139 +297,22 @@ def create_app(settings: APISettings):
             raw = await request.json()
         except ValueError:
             raise APIError(400, "the request body is not valid JSON") from None
-        try:
-            req = ChatCompletionRequest.model_validate(raw)
-        except ValidationError as e:
-            first = e.errors()[0]
-            param = ".".join(str(x) for x in first.get("loc", ()))
-            raise APIError(
-                400, f"invalid request: {param}: {first.get('msg')}", param=param or None
-            ) from None
-        check_supported(req)
+        req = parse_request(raw)
         stops = user_stops(req)
-        try:
-            conv = get_template(settings.conv_mode or infer_conv_mode(req.model))
-        except ValueError as e:
-            raise APIError(500, f"{e} (start the API with --conv-mode)", "server_error") from None
+        controller: ControllerClient = request.app.state.controller
+        templates = (await controller.listing())["conv_templates"]  # what each model's worker serves
+        conv = conversation_for(req.model, settings.conv_mode, templates, warn_once)
         prompt, images = await run_in_threadpool(
             build_prompt, req, conv, settings.allow_image_urls, settings.max_image_pixels
         )
-        pload = {
-            "model": req.model,
-            "prompt": prompt,
-            "images": images,
-            "temperature": req.temperature,
-            "top_p": req.top_p,
-            "max_new_tokens": req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
-            "stop": [s for s in [stop_string(conv)] if s] + stops,
-        }
-        http: httpx.AsyncClient = request.app.state.http
-        try:
-            upstream = await http.send(
-                http.build_request("POST", controller + "/worker_generate_stream", json=pload), stream=True
-            )
-        except httpx.HTTPError as e:
-            raise APIError(
-                503, f"the controller at {controller} is unreachable ({e})", "server_error"
-            ) from None
-        chunks = protocol.aiter_chunks(upstream.aiter_raw())
-
-        async def next_chunk():
-            try:
-                return await anext(chunks)
-            except StopAsyncIteration:
-                return None
-            except (httpx.HTTPError, ValueError) as e:
-                return {"text": f"the worker stream broke ({e})", "error_code": protocol.WORKER_UNREACHABLE}
-
-        first = await next_chunk()
-        if first is None or first["error_code"] != protocol.OK:
-            await upstream.aclose()
-            msg = first["text"] if first else "the worker closed the stream without an answer"
-            code = first["error_code"] if first else protocol.WORKER_ERROR
-            status = _error_status(upstream.status_code, code)
-            kind = "invalid_request_error" if status in (400, 404) else "server_error"
-            raise APIError(status, msg, kind, code="model_not_found" if status == 404 else None)
-
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        logger.info(f"{cid}: model={req.model} images={len(images)} stream={req.stream}")
-
-        def answer_of(chunk) -> str:
-            return chunk["text"][len(prompt) :].lstrip()
-
+        upstream, first = await controller.open_stream(generation_payload(req, conv, prompt, images, stops))
+        reply = Reply(req.model, prompt)
+        logger.info(f"{reply.id}: model={req.model} images={len(images)} stream={req.stream}")
         if not req.stream:
-            last = first
-            try:
-                while (c := await next_chunk()) is not None:
-                    if c["error_code"] != protocol.OK:
-                        raise APIError(500, c["text"], "server_error")
-                    last = c
-            finally:
-                await upstream.aclose()
-            usage = last.get("usage") or {}
-            usage = {
-                **usage,
-                "total_tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
-            }
-            return {
-                "id": cid,
-                "object": "chat.completion",
-                "created": created,
-                "model": req.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": answer_of(last)},
-                        "finish_reason": last.get("finish_reason", "stop"),
-                    }
-                ],
-                "usage": usage,
-            }
-
+            return await complete(upstream, first, reply)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-        def sse(choices, usage=None) -> str:
-            obj = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": req.model,
-                "choices": choices,
-            }
-            if usage is not None:
-                obj["usage"] = usage
-            return f"data: {json.dumps(obj)}\n\n"
-
-        async def events():
-            sent = ""
-            try:
-                yield sse(
-                    [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-                )
-                c = first
-                while c is not None:
-                    if c["error_code"] != protocol.OK:
-                        yield f"data: {json.dumps(APIError(500, c['text'], 'server_error').body())}\n\n"
-                        return
-                    answer = answer_of(c)
-                    if len(answer) > len(sent):
-                        delta, sent = answer[len(sent) :], answer
-                        yield sse([{"index": 0, "delta": {"content": delta}, "finish_reason": None}])
-                    if "finish_reason" in c:
-                        yield sse([{"index": 0, "delta": {}, "finish_reason": c["finish_reason"]}])
-                        if include_usage:
-                            u = c.get("usage") or {}
-                            u = {
-                                **u,
-                                "total_tokens": u.get("prompt_tokens", 0) + u.get("completion_tokens", 0),
-                            }
-                            yield sse([], u)
-                    c = await next_chunk()
-                yield "data: [DONE]\n\n"
-            finally:
-                await upstream.aclose()
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        events = stream_events(upstream, first, reply, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     return app
 
@@ -277,7 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-image-urls", action="store_true", help="fetch http(s) image URLs (off: data: URLs only)"
     )
     p.add_argument(
-        "--conv-mode", type=str, default=None, help="template for all models (default: from the model name)"
+        "--conv-mode",
+        type=str,
+        default=None,
+        help="template for all models (default: the one each model's worker serves)",
     )
     p.add_argument("--max-image-pixels", type=int, default=None)
     return p
@@ -296,7 +354,7 @@ def main(argv=None) -> None:
         max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS,
     )
     if args.conv_mode:
-        get_template(args.conv_mode)  # fail at start, with the valid names, not at the first request
+        get_conv_template(args.conv_mode)  # fail at start, with the valid names, not at the first request
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
 
 

@@ -14,6 +14,7 @@ message for the user. The last chunk of a successful stream may also carry `fini
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
@@ -67,3 +68,22 @@ async def aiter_chunks(byte_pieces: AsyncIterator[bytes]) -> AsyncIterator[dict]
             yield _decode(raw)
     if buffer.strip():
         yield _decode(buffer)
+
+
+def env_float(name: str, default: float) -> float:
+    """A positive float from environment variable `name`, else `default` (clear error if malformed).
+
+    For the heartbeat timings both sides of the protocol read (worker interval, controller expiry).
+    """
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return float(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"environment variable {name}={raw!r} is not a number; unset it or give seconds"
+        ) from None
+    if value <= 0:
+        raise ValueError(f"environment variable {name}={raw!r} must be > 0")
+    return value

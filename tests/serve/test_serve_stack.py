@@ -59,6 +59,15 @@ def test_controller_lists_models_of_all_workers(stack):
     }  # shortest queue alternates
 
 
+def test_workers_report_the_template_they_serve(stack):
+    # The tiny checkpoints carry no conv_template: the worker guesses from the name (llava-v1.5-*).
+    status = requests.post(stack.workers["worker-a"].url + "/worker_get_status", timeout=10).json()
+    assert status["conv_template"] == "llava_v1" and status["model_names"] == [MODEL_A]
+    listing = requests.post(stack.controller.url + "/list_models", timeout=10).json()
+    templates = {MODEL_A: "llava_v1", MODEL_B: "llava_v1"}
+    assert listing == {"models": [MODEL_A, MODEL_B], "conv_templates": templates}
+
+
 def test_stream_through_controller(stack):
     body = payload()
     status, chunks = stream(stack.controller.url, body)
