@@ -268,7 +268,7 @@ def normalise_ms(dataset, collate, repeats: int = 5) -> float:
     """Milliseconds for normalise_levels on one collated batch of 16 uint8 images, here."""
     import torch
 
-    from llava.data.image_transform import normalisation_table, normalise_levels
+    from llava.images.transform import normalisation_table, normalise_levels
 
     batch = collate([dataset[i] for i in range(16)])["images"]
     table = torch.from_numpy(normalisation_table(dataset.data_args.image_processor))

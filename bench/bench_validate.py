@@ -123,7 +123,7 @@ def main(argv=None) -> None:
 
     from llava.data.dataset import load_samples
     from llava.data.length_cache import LengthOptions, count_sample
-    from llava.data.validate import validate
+    from llava.data.tools.validate import validate
 
     tokenizer_dir = REPO / "tests" / "fixtures" / "tokenizers" / "llama2"
     per_100k = 100_000 / args.samples

@@ -11,6 +11,7 @@ Steps, each through the same entry points the real recipes and users run:
   3. stage 1  bash scripts/tiny/pretrain.sh   (projector only, plain template -> mm_projector.bin)
   4. stage 2  bash scripts/tiny/finetune.sh   (v1 template, LLM + projector + tower trained)
   5. eval     python -m llava.eval.model_vqa_loader on the held-out pictures, greedy -> accuracy
+              (both eval and chat use the template stage 2 saved in config.json, conv_template)
   6. chat     python -m llava.serve.cli about waterview.jpg, question given on stdin
 """
 
@@ -132,7 +133,7 @@ def main(argv=None) -> dict:
     _run(
         [sys.executable, "-m", "llava.eval.model_vqa_loader", "--model-path", str(model),
          "--question-file", str(paths["eval"]), "--image-folder", str(paths["images"]),
-         "--answers-file", str(answers), "--conv-mode", "v1", "--temperature", "0",
+         "--answers-file", str(answers), "--temperature", "0",
          "--max_new_tokens", "8", "--batch-size", "16", "--device", "cpu", "--overwrite"],
         env,
     )  # fmt: skip

@@ -18,7 +18,10 @@ def test_quick_demo_learns_far_above_chance(tmp_path, capfd):
     assert (tmp_path / "checkpoints" / "tiny-finetune" / "config.json").is_file()
     answers = [json.loads(line) for line in (tmp_path / "eval_answers.jsonl").read_text().splitlines()]
     assert len(answers) == 90 and all(a["text"].strip() for a in answers)
-    assert "held-out accuracy" in out and "Assistant:" in out
+    assert "held-out accuracy" in out
+    # Stage 2 trained with --version v1, saved as conv_template: the CLI chats (and eval answered) in it.
+    assert json.loads((tmp_path / "checkpoints" / "tiny-finetune" / "config.json").read_text())["conv_template"] == "v1"
+    assert "USER:" in out and "ASSISTANT:" in out and "Human:" not in out
     assert set(result["times"]) == {"data + models", "stage 1", "stage 2", "evaluation", "chat"}
 
 

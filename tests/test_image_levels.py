@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llava.data.image_transform import ImageTransform, normalisation_table, normalise_levels
+from llava.images.transform import ImageTransform, normalisation_table, normalise_levels
 from llava.mm_utils import process_images
 from tests.model_helpers import build_tiny_llava
 
@@ -74,6 +74,7 @@ def test_dataset_and_collator_keep_a_batch_uint8(tiny_kit, processor, tmp_path):
 
     from llava.data.collator import DataCollatorForSupervisedDataset
     from llava.data.dataset import LazySupervisedDataset
+    from llava.data.sample_format import SampleFormat
     from llava.data.tools.synthetic import generate
     from llava.train.arguments import DataArguments
 
@@ -85,9 +86,9 @@ def test_dataset_and_collator_keep_a_batch_uint8(tiny_kit, processor, tmp_path):
         args = DataArguments(
             data_path=str(data["finetune"]), image_folder=str(data["images"]), image_aspect_ratio="pad"
         )
-        args.is_multimodal, args.image_processor, args.num_image_tokens = True, processor, 16
-        args.uint8_images = uint8
-        ds = LazySupervisedDataset(str(data["finetune"]), tok, args, conv_version="v1")
+        fmt = SampleFormat("v1", tok.model_max_length, is_multimodal=True, image_aspect_ratio="pad",
+                           num_image_tokens=16, image_processor=processor, uint8_images=uint8)  # fmt: skip
+        ds = LazySupervisedDataset(str(data["finetune"]), tok, args, fmt)
         items[uint8] = [ds[i] for i in range(len(ds))]
     table = torch.from_numpy(normalisation_table(processor))
     kinds = set()

@@ -22,7 +22,7 @@ BASE = {"llava", "llava.constants", "llava.conversation", "llava.mm_utils", "lla
 # each may import its own tool and nothing else is excused.
 ALIASES = {
     f"llava.data.{name}": f"llava.data.tools.{name}"
-    for name in ("synthetic", "synthetic_tower", "generate_instruct")
+    for name in ("synthetic", "synthetic_tower", "generate_instruct", "validate")
 }
 RANK = {
     "base": 0,

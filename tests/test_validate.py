@@ -10,8 +10,9 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from llava.data.dataset import LazySupervisedDataset
-from llava.data.length_cache import LengthOptions, count_sample
-from llava.data.validate import count_prompt_tokens, main, validate
+from llava.data.length_cache import count_sample
+from llava.data.sample_format import SampleFormat, template_for_version
+from llava.data.tools.validate import count_prompt_tokens, main, validate
 from tests.conftest import FIXTURES
 
 
@@ -146,9 +147,10 @@ def test_cli_prints_counts_and_ids_and_writes_clean_json(data, capsys):
     assert [p.name for p in clean.parent.iterdir()] == ["clean.json"]  # no temp file left
     # The cleaned file trains: the dataset accepts every sample.
     tok = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "llama2")
-    args = SimpleNamespace(is_multimodal=True, image_folder=str(images), mm_use_im_start_end=False,
-                           lengths_cache_dir=str(path.parent / "cache"), skip_bad_samples=False)  # fmt: skip
-    dataset = LazySupervisedDataset(str(clean), tok, args, conv_version="v1")
+    args = SimpleNamespace(image_folder=str(images), lengths_cache_dir=str(path.parent / "cache"),
+                           skip_bad_samples=False)  # fmt: skip
+    fmt = SampleFormat("v1", tok.model_max_length, is_multimodal=True)  # no pixels needed to prepare
+    dataset = LazySupervisedDataset(str(clean), tok, args, fmt)
     dataset.prepare()
     assert len(dataset) == 6
 
@@ -170,9 +172,23 @@ def test_missing_and_truncated_data_files(data, tmp_path):
         main(["--data_path", str(tmp_path / "absent.json"), "--output_clean_json", str(out)])
     truncated = tmp_path / "truncated.json"
     truncated.write_text(path.read_text()[:700])
-    with pytest.raises(ValueError, match=r"--data_path .*truncated.json is not valid JSON"):
+    with pytest.raises(ValueError, match=r"--data_path .*truncated.json: not valid JSON at line \d+ column"):
         main(["--data_path", str(truncated), "--output_clean_json", str(out)])
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_a_bad_jsonl_line_is_named_by_its_line(data, tmp_path):
+    """JSON lines are read line by line: line 41 is reported as line 41, not as 'line 2 column 1'."""
+    from llava.data.dataset import load_samples
+
+    path, _, _ = data
+    samples = json.loads(path.read_text())
+    rows = [json.dumps(samples[i % len(samples)]) for i in range(45)]
+    rows[40] = rows[40][:-5]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"--data_path .*bad.jsonl:41: not valid JSON"):
+        load_samples(bad)
 
 
 # ------------------------------------------------------------------------------ token counts
@@ -206,7 +222,7 @@ def test_token_counts_equal_training_counts(tok_name, version, tmp_path):
     samples = _random_samples(24, seed=hash(version) % 1000)
     report = validate(samples, str(tmp_path), tok, version, model_max_length=10**6, num_image_tokens=0)
     assert report.num_errors == 0
-    opts = LengthOptions(None if version == "v0" else version, False, True)
+    opts = SampleFormat(template_for_version(version), 10**6, is_multimodal=True)
     expected = {i: count_sample(s, tok, opts) for i, s in enumerate(samples)}
     assert all(err is None for _, err in expected.values())
     assert report.token_counts == {i: n for i, (n, _) in expected.items()}
@@ -218,11 +234,13 @@ def test_token_counts_plain_and_im_start_end(llama2_tokenizer, tmp_path):
     for s in samples:
         s["conversations"] = s["conversations"][:2]
     report = validate(samples, str(tmp_path), llama2_tokenizer, "plain", num_image_tokens=0)
-    assert report.token_counts == {i: count_sample(s, llama2_tokenizer, LengthOptions("plain", False, True))[0]
+    plain = SampleFormat("plain", 2048, is_multimodal=True)
+    assert report.token_counts == {i: count_sample(s, llama2_tokenizer, plain)[0]
                                    for i, s in enumerate(samples)}  # fmt: skip
     tok = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "llama2")
     report = validate(samples, str(tmp_path), tok, "v1", num_image_tokens=0, mm_use_im_start_end=True)
-    assert report.token_counts == {i: count_sample(s, tok, LengthOptions("v1", True, True))[0]
+    start_end = SampleFormat("v1", 2048, is_multimodal=True, mm_use_im_start_end=True)
+    assert report.token_counts == {i: count_sample(s, tok, start_end)[0]
                                    for i, s in enumerate(samples)}  # fmt: skip
 
 
@@ -261,7 +279,7 @@ def _byte_level_tokenizer(tmp_path):
 
 @pytest.mark.parametrize("name", ["llama2", "llama2-legacy", "mistral", "byte-level"])
 def test_segment_cache_counts_equal_tokenizer_image_token(name, tmp_path):
-    from llava.data.token_counter import PromptTokenCounter, segmenting_supported
+    from llava.data.tools.token_counter import PromptTokenCounter, segmenting_supported
     from llava.mm_utils import tokenizer_image_token
 
     if name == "byte-level":
@@ -280,7 +298,7 @@ def test_segment_cache_counts_equal_tokenizer_image_token(name, tmp_path):
 def test_segment_cache_is_refused_or_verified(llama2_tokenizer, tmp_path):
     from transformers import BertTokenizerFast
 
-    from llava.data.token_counter import PromptTokenCounter, segmenting_supported
+    from llava.data.tools.token_counter import PromptTokenCounter, segmenting_supported
     from llava.mm_utils import tokenizer_image_token
 
     (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat"]))
@@ -299,7 +317,7 @@ def test_segment_cache_is_refused_or_verified(llama2_tokenizer, tmp_path):
 
 
 def test_worker_processes_give_the_same_report(data, llama2_tokenizer, monkeypatch):
-    import llava.data.validate as validate_module
+    import llava.data.tools.validate as validate_module
 
     _, images, samples = data
     samples = samples * 3

@@ -6,7 +6,7 @@ processors' PIL backend makes, so the pixels are the same), a crop, and normalis
 per-channel lookup table of the 256 possible values (computed once with the processor's own
 float32 arithmetic). The per-image overhead of the processor API (format checks, numpy copies,
 float64 passes) is gone. Used by the training dataset for `--image_aspect_ratio` square / pad;
-anyres and unknown processors go through `llava.mm_utils.process_images` instead.
+anyres and unknown processors go through `llava.images.process.process_images` instead.
 
 `ImageTransform.levels` stops before the normalisation and gives the 8-bit pixels: the trainer's
 data loader sends those (a quarter of the bytes of float32) and the vision tower normalises them

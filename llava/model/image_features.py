@@ -61,7 +61,7 @@ def merge_crop_features(
             )
         if image_sizes is None:
             raise ValueError("anyres images need image_sizes (the original (width, height) of each image)")
-        from llava.mm_utils import get_anyres_image_grid_shape
+        from llava.images.process import get_anyres_image_grid_shape
 
         base, crops = feats[0], feats[1:]
         side = patches_per_side

@@ -2,7 +2,7 @@
 
     python -m llava.data.validate --data_path llava_v1_5_mix665k.json --image_folder ./playground/data \\
         --version v1 --model_name_or_path lmsys/vicuna-7b-v1.5 --model_max_length 2048 \\
-        [--check_images --num_workers 8] [--output_clean_json clean.json]
+        [--image_aspect_ratio pad] [--check_images --num_workers 8] [--output_clean_json clean.json]
 
 Checks: the JSON schema (a list of {"id", "image"?, "conversations": [{"from", "value"}]}), roles
 alternating human/gpt, the `<image>` markers matching the "image" field, the image file existing
@@ -13,9 +13,11 @@ samples without errors to --output_clean_json (atomically). Exits 1 when any sam
 Warnings (missing or duplicate ids) do not remove samples.
 
 Token counts equal training's (`tokenizer_image_token` on the rendered prompt, see
-`llava.data.token_counter` for how they are computed quickly); each image adds
---num_image_tokens (576 for CLIP ViT-L/14-336). "v0" and "v0.5" use the default template, as
-training does.
+`llava.data.tools.token_counter` for how they are computed quickly); each image adds
+--num_image_tokens (576 for CLIP ViT-L/14-336). The flags make the same SampleFormat training
+uses (llava.data.sample_format), and whether a sample is too long, and what training cuts it to,
+is its length budget's answer (llava.data.length_budget), so the validator and the trainer agree.
+"v0" and "v0.5" use the default template, as training does.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from llava.data.preprocess import (
     render_sample,
     resolve_conversation,
 )
-from llava.data.token_counter import PromptTokenCounter
+from llava.data.sample_format import SampleFormat, template_for_version
+from llava.data.tools.token_counter import PromptTokenCounter
 
 # category -> what it means; the order is the order of the report.
 ERRORS = {
@@ -69,6 +72,7 @@ class ValidationReport:
     total: int
     problems: dict[str, list[Problem]] = field(default_factory=dict)
     token_counts: dict[int, int] = field(default_factory=dict)  # index -> text + image tokens
+    cut_to: dict[int, int] = field(default_factory=dict)  # too-long index -> its tokens after training's cut
     tolerated: frozenset[str] = frozenset()  # error categories reported as warnings instead
 
     def add(self, category: str, index: int, sample_id, message: str) -> None:
@@ -206,25 +210,19 @@ def count_prompt_tokens(prompts: list[str], tokenizer) -> list[int]:
     return PromptTokenCounter(tokenizer).count(prompts, progress=len(prompts) >= 50000)
 
 
-def _template(version: str | None):
-    # As train(): "v0" and "v0.5" keep the default (v1) template.
-    return None if version in (None, "v0", "v0.5") else version
-
-
-def render_and_count(samples: list[dict], tokenizer, version, mm_use_im_start_end: bool):
+def render_and_count(samples: list[dict], tokenizer, fmt: SampleFormat):
     """For each sample (already structurally checked): ``(prompt token count or None, SampleError reason or None)``.
 
-    Renders as the dataset does (`preprocess_multimodal`, then the template) and counts as
-    `tokenizer_image_token` does; counts are None without a tokenizer.
+    Renders as the dataset does (`preprocess_multimodal`, then the template of `fmt`) and counts as
+    `tokenizer_image_token` does (before any cut); counts are None without a tokenizer.
     """
-    conv = resolve_conversation(_template(version), tokenizer)
-    args = argparse.Namespace(is_multimodal=True, mm_use_im_start_end=mm_use_im_start_end)
+    conv = resolve_conversation(fmt.template, tokenizer)
     prompts, out = [], []
     for sample in samples:
         has_image = "image" in sample
         source = [dict(turn) for turn in sample["conversations"]]
         if has_image:
-            source = preprocess_multimodal([source], args, conv=conv)[0]
+            source = preprocess_multimodal([source], fmt, conv=conv)[0]
         try:
             prompt, _ = render_sample(source, tokenizer, conv, int(has_image), sample.get("id"))
         except SampleError as e:
@@ -238,21 +236,19 @@ def render_and_count(samples: list[dict], tokenizer, version, mm_use_im_start_en
     return [(counts[k] if k is not None else None, reason) for k, reason in out]
 
 
-def _render_and_count_all(samples: list[dict], tokenizer, version, mm_use_im_start_end, num_workers: int):
+def _render_and_count_all(samples: list[dict], tokenizer, fmt: SampleFormat, num_workers: int):
     """`render_and_count` over all samples, split across forked worker processes for large inputs."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     workers = min(num_workers, os.cpu_count() or 1)
     if len(samples) < PARALLEL_THRESHOLD or workers <= 1 or "fork" not in mp.get_all_start_methods():
-        return render_and_count(samples, tokenizer, version, mm_use_im_start_end)
+        return render_and_count(samples, tokenizer, fmt)
     size = -(-len(samples) // workers)
     parts = [samples[k : k + size] for k in range(0, len(samples), size)]
     # fork: the workers start without re-importing torch/transformers.
     with ProcessPoolExecutor(len(parts), mp_context=mp.get_context("fork")) as pool:
-        futures = [
-            pool.submit(render_and_count, part, tokenizer, version, mm_use_im_start_end) for part in parts
-        ]
+        futures = [pool.submit(render_and_count, part, tokenizer, fmt) for part in parts]
         return [row for f in futures for row in f.result()]
 
 
@@ -268,6 +264,7 @@ def validate(
     num_workers: int = 1,
     mm_use_im_start_end: bool = False,
     allow_too_long: bool = False,
+    image_aspect_ratio: str | None = "square",
 ) -> ValidationReport:
     """Check `samples` (the loaded JSON list); see the module docstring.
 
@@ -275,9 +272,19 @@ def validate(
     PARALLEL_THRESHOLD samples or more (worth it on free cores; on a busy machine 1 is faster).
     With `mm_use_im_start_end` the im_start/im_end tokens are added to `tokenizer`, as training does.
     `allow_too_long`: over-long samples are warnings (training cuts them) and stay in the clean file.
+    The arguments make the SampleFormat training would use (without a model); its length budget
+    decides what is too long, and `report.cut_to` what training cuts each such sample to.
     """
     report = ValidationReport(total=len(samples), tolerated=frozenset({"too_long"} if allow_too_long else ()))
-    resolve_conversation(_template(version), tokenizer)  # unknown --version: ValueError listing the names
+    fmt = SampleFormat(  # an unknown --version: ValueError listing the names
+        template_for_version(version),
+        model_max_length,
+        is_multimodal=True,
+        mm_use_im_start_end=mm_use_im_start_end,
+        image_aspect_ratio=image_aspect_ratio,
+        num_image_tokens=num_image_tokens,
+    )
+    budget = fmt.budget
     seen: set = set()
     good = []
     for i, sample in enumerate(samples):
@@ -299,9 +306,7 @@ def validate(
 
     if tokenizer is not None and mm_use_im_start_end:
         tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
-    rows = _render_and_count_all(
-        [samples[i] for i in good], tokenizer, version, mm_use_im_start_end, num_workers
-    )
+    rows = _render_and_count_all([samples[i] for i in good], tokenizer, fmt, num_workers)
     for i, (n, reason) in zip(good, rows):
         sid = samples[i].get("id")
         if reason is not None:
@@ -309,15 +314,17 @@ def validate(
         if n is None:
             continue
         images = 1 if "image" in samples[i] else 0
-        total = n - images + images * num_image_tokens
+        text = n - images
+        total = budget.cost(text, images)
         report.token_counts[i] = total
-        if total > model_max_length:
+        if budget.too_long(text, images):
+            report.cut_to[i] = budget.trained_length(text, images)
             report.add(
                 "too_long",
                 i,
                 sid,
-                f"{total} tokens ({n - images} text + {images * num_image_tokens} image) "
-                f"> --model_max_length {model_max_length}",
+                f"{total} tokens ({text} text + {total - text} image) > --model_max_length "
+                f"{model_max_length} (training cuts it to {report.cut_to[i]})",
             )
     return report
 
@@ -348,6 +355,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model_max_length", type=int, default=2048, help="as in training (LLaVA-1.5: 2048)")
     p.add_argument("--num_image_tokens", type=int, default=576, help="tokens per image (CLIP-L/336: 576)")
     p.add_argument("--mm_use_im_start_end", action="store_true")
+    p.add_argument(
+        "--image_aspect_ratio",
+        default="square",
+        help="as in training (square, pad, anyres): anyres images are cut as their placeholder only",
+    )
     p.add_argument(
         "--allow_too_long", action="store_true", help="keep over-long samples (training cuts them): a warning"
     )
@@ -384,6 +396,7 @@ def main(argv=None) -> int:
         num_workers=args.num_workers,
         mm_use_im_start_end=args.mm_use_im_start_end,
         allow_too_long=args.allow_too_long,
+        image_aspect_ratio=args.image_aspect_ratio,
     )
     checks = "images " + ("exist and decode" if args.check_images else "exist (not decoded)")
     checks += (

@@ -163,7 +163,7 @@ class VisionTower(nn.Module):
     def normalise_levels(self, levels: torch.Tensor) -> torch.Tensor:
         """8-bit pixels [..., 3, H, W] (the training loader's) -> the float32 values this tower's
         image processor gives, computed on the pixels' device."""
-        from llava.data.image_transform import normalisation_table, normalise_levels
+        from llava.images.transform import normalisation_table, normalise_levels
 
         processor = getattr(self, "image_processor", None)
         cached = getattr(self, "_level_table", None)  # (processor, table), built once per processor
