@@ -42,8 +42,8 @@ from llava.constants import (
     DEFAULT_IMAGE_TOKEN,
     IMAGE_TOKEN_INDEX,
 )
-from llava.eval.files import read_jsonl_tolerant
 from llava.utils.atomic import atomic_write_text
+from llava.utils.jsonfiles import read_jsonl_tolerant
 
 
 @dataclass
