@@ -38,7 +38,8 @@ def mix_lengths(n: int, max_len: int, seed: int = 0) -> list[int]:
     from transformers import AutoTokenizer
 
     from llava.data.dataset import load_samples
-    from llava.data.length_cache import LengthOptions, count_all
+    from llava.data.length_cache import count_all
+    from llava.data.sample_format import SampleFormat
 
     tok = AutoTokenizer.from_pretrained(
         REPO / "tests" / "fixtures" / "tokenizers" / "llama2", model_max_length=max_len
@@ -46,7 +47,8 @@ def mix_lengths(n: int, max_len: int, seed: int = 0) -> list[int]:
     with tempfile.TemporaryDirectory() as tmp:
         path, _ = make_data(Path(tmp), n, seed=seed)
         samples = load_samples(path)
-    counted = count_all(samples, tok, LengthOptions("v1", False, True))
+    # Uncut text counts (no budget here): the cut to max_len is applied to the total below.
+    counted = count_all(samples, tok, SampleFormat("v1", None, is_multimodal=True))
     out = []
     for s, enc in zip(samples, counted):
         if enc.error:

@@ -115,9 +115,54 @@ def test_allow_too_long_makes_it_a_warning(data, llama2_tokenizer):
 
 def test_without_check_images_only_existence_is_checked(data):
     _, images, samples = data
-    report = validate(samples, images, None)
+    report = validate(samples, images, None, image_check="exists")
     assert _ids(report, "missing_image") == ["missing-file"] and "corrupt_image" not in report.problems
     assert "too_long" not in report.problems and report.token_counts == {}  # no tokenizer: no length check
+
+
+def test_every_image_is_opened_by_default(data, capsys):
+    """The default header check finds text under an image name and a truncated PNG, as decoding does."""
+    path, images, samples = data
+    report = validate(samples, images, None)
+    assert _ids(report, "corrupt_image") == ["garbage", "truncated-png"]
+    assert "garbage.png cannot be read (UnidentifiedImageError" in report.problems["corrupt_image"][0].message
+    decoded = validate(samples, images, None, image_check="decode")
+    assert _ids(decoded, "corrupt_image") == ["garbage", "truncated-png"]
+    only = path.parent / "images-only.json"
+    only.write_text(json.dumps([samples[0], samples[15], samples[16]]))
+    assert main(["--data_path", str(only), "--image_folder", str(images)]) == 1
+    out = capsys.readouterr().out
+    assert "exist and open (header check)" in out and "3 samples: 1 usable, 2 with errors" in out
+    assert main(["--data_path", str(only), "--image_folder", str(images), "--image_check", "exists"]) == 0
+    assert main(["--data_path", str(only), "--image_folder", str(images), "--decode_images"]) == 1
+    assert "exist and decode" in capsys.readouterr().out
+
+
+def _photo(path, size=(64, 48), seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("check", ["header", "decode"])
+def test_truncated_and_fake_jpegs_are_found(tmp_path, check):
+    from llava.data.tools.image_check import image_problem
+
+    whole = _photo(tmp_path / "ok.jpg")
+    (tmp_path / "half.jpg").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "no-end.jpg").write_bytes(whole[:-2])  # the end marker lost: training cannot load it
+    (tmp_path / "page.jpg").write_text("<html><body>404 Not Found</body></html>")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert image_problem(str(tmp_path / "ok.jpg"), check) is None
+    for name in ("half.jpg", "no-end.jpg", "page.jpg", "empty.jpg"):
+        problem = image_problem(str(tmp_path / name), check)
+        assert problem and problem[0] == "corrupt_image" and name in problem[1], name
+    assert image_problem(str(tmp_path / "page.jpg"), "exists") is None
+    with pytest.raises(ValueError, match="unknown image check 'pixels'"):
+        image_problem(str(tmp_path / "ok.jpg"), "pixels")
 
 
 def test_template_errors_come_from_the_chosen_template(data, llama2_tokenizer):
@@ -321,9 +366,9 @@ def test_worker_processes_give_the_same_report(data, llama2_tokenizer, monkeypat
 
     _, images, samples = data
     samples = samples * 3
-    serial = validate(samples, images, llama2_tokenizer, "v1", num_workers=1)
+    serial = validate(samples, images, llama2_tokenizer, "v1", num_workers=1, image_check="exists")
     monkeypatch.setattr(validate_module, "PARALLEL_THRESHOLD", 0)
-    parallel = validate(samples, images, llama2_tokenizer, "v1", num_workers=2)
+    parallel = validate(samples, images, llama2_tokenizer, "v1", num_workers=2, image_check="exists")
     assert parallel.token_counts == serial.token_counts and len(serial.token_counts) == 27
     assert {c: [p.index for p in v] for c, v in parallel.problems.items()} == {
         c: [p.index for p in v] for c, v in serial.problems.items()

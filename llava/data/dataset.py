@@ -30,6 +30,38 @@ from llava.images.transform import ImageTransform
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_ERRORS = 10
+MAX_LISTED_CUT = 5  # over-long samples named in the warning
+
+
+class SharedCounter:
+    """A count that DataLoader worker processes add to and the main process reads: created with the
+    dataset, before any worker starts, it reaches them by fork or with the dataset at spawn (a
+    `multiprocessing.Value`). Pickled any other way (a copy of the dataset) it becomes a local count."""
+
+    def __init__(self):
+        import multiprocessing
+
+        self._value = multiprocessing.Value("q", 0)
+        self._local = 0
+
+    def add(self, n: int = 1) -> int:
+        if self._value is None:
+            self._local += n
+            return self._local
+        with self._value.get_lock():
+            self._value.value += n
+            return self._value.value
+
+    @property
+    def value(self) -> int:
+        return self._local if self._value is None else self._value.value
+
+    def __getstate__(self):
+        from multiprocessing.context import get_spawning_popen
+
+        if get_spawning_popen() is not None:  # going to a worker process at its start: stays shared
+            return {"_value": self._value, "_local": self._local}
+        return {"_value": None, "_local": self.value}
 
 
 class BadSampleError(ValueError):
@@ -100,7 +132,7 @@ class LazySupervisedDataset(Dataset):
         self._tokens = None  # TokenStore after prepare()
         self._token_rows: list[int] | None = None  # sample index -> row of the token store
         self._transform: ImageTransform | None | bool = False  # False: not built yet
-        self.skipped = 0  # samples replaced while loading (per process)
+        self._skipped = SharedCounter()  # samples replaced while loading, summed over loader workers
         self._failed: set[int] = set()
         self.cut = 0  # samples the length budget cut (after prepare())
 
@@ -134,6 +166,7 @@ class LazySupervisedDataset(Dataset):
             for i, s in enumerate(self.list_data_dict)
             if (err := check_sample_shape(s, self.is_multimodal))
         }
+        sample_ids = [s.get("id", f"#{i}") for i, s in enumerate(self.list_data_dict)]
         good = [s for i, s in enumerate(self.list_data_dict) if i not in errors]
         good_index = [i for i in range(len(self.list_data_dict)) if i not in errors]
         cache = load_or_build(self.data_path, good, self.tokenizer, self.sample_format, self.lengths_cache_dir)
@@ -155,11 +188,16 @@ class LazySupervisedDataset(Dataset):
         self._tokens, self._token_rows = cache.tokens, [rows[i] for i in range(len(self.list_data_dict))]
         self.cut = len(was_cut)
         if was_cut:
+            ids = [repr(sample_ids[i]) for i in sorted(was_cut)[:MAX_LISTED_CUT]]
+            more = f" and {len(was_cut) - MAX_LISTED_CUT} more" if len(was_cut) > MAX_LISTED_CUT else ""
             logger.warning(
-                "%d of %d samples are longer than --model_max_length %d (image tokens included): cut",
+                "%d of %d samples are longer than --model_max_length %d (image tokens included) and are "
+                "cut: %s%s (python -m llava.data.validate lists them all)",
                 len(was_cut),
                 len(self),
                 self.budget.max_length,
+                ", ".join(ids),
+                more,
             )
 
     def _report(self, errors: dict[int, str]) -> None:
@@ -266,6 +304,11 @@ class LazySupervisedDataset(Dataset):
         item["input_ids"], item["labels"] = ids, labels
         return item
 
+    @property
+    def skipped(self) -> int:
+        """Samples replaced while loading, in this process and in every DataLoader worker."""
+        return self._skipped.value
+
     def _substitute(self, i: int) -> int:
         has_image = "image" in self.list_data_dict[i]
         n = len(self.list_data_dict)
@@ -283,8 +326,8 @@ class LazySupervisedDataset(Dataset):
                 if not self.skip_bad_samples:
                     raise
                 self._failed.add(i)
-                self.skipped += 1
-                logger.warning("--skip_bad_samples: skipped %s (%d skipped so far here)", e, self.skipped)
+                total = self._skipped.add(1)
+                logger.warning("--skip_bad_samples: skipped %s (%d skipped so far)", e, total)
                 i = self._substitute(i)
 
 

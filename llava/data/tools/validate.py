@@ -2,15 +2,17 @@
 
     python -m llava.data.validate --data_path llava_v1_5_mix665k.json --image_folder ./playground/data \\
         --version v1 --model_name_or_path lmsys/vicuna-7b-v1.5 --model_max_length 2048 \\
-        [--image_aspect_ratio pad] [--check_images --num_workers 8] [--output_clean_json clean.json]
+        [--image_aspect_ratio pad] [--decode_images --num_workers 8] [--output_clean_json clean.json]
 
 Checks: the JSON schema (a list of {"id", "image"?, "conversations": [{"from", "value"}]}), roles
 alternating human/gpt, the `<image>` markers matching the "image" field, the image file existing
-(and, with --check_images, decoding), and, with a tokenizer, the sample rendered with the
---version template and tokenised as training does fitting --model_max_length together with
-its image tokens. Prints the count of each problem with the first sample ids, and writes the
-samples without errors to --output_clean_json (atomically). Exits 1 when any sample has an error.
-Warnings (missing or duplicate ids) do not remove samples.
+and opening as an image (a header check, by default; every pixel decoded with --decode_images),
+and, with a tokenizer, the sample rendered with the --version template and tokenised as training
+does fitting --model_max_length together with its image tokens (with --allow_too_long, an
+over-long sample is kept only when training's cut of it works). Prints the count of each problem
+with the first sample ids, and writes the samples without errors to --output_clean_json
+(atomically). Exits 1 when any sample has an error. Warnings (missing or duplicate ids) do not
+remove samples.
 
 Token counts equal training's (`tokenizer_image_token` on the rendered prompt, see
 `llava.data.tools.token_counter` for how they are computed quickly); each image adds
@@ -39,6 +41,7 @@ from llava.data.preprocess import (
     resolve_conversation,
 )
 from llava.data.sample_format import SampleFormat, template_for_version
+from llava.data.tools.image_check import IMAGE_CHECKS, image_problem
 from llava.data.tools.token_counter import PromptTokenCounter
 
 # category -> what it means; the order is the order of the report.
@@ -50,9 +53,10 @@ ERRORS = {
     "no_reply": "no gpt reply to train on",
     "image_token_mismatch": "<image> markers do not match the 'image' field",
     "missing_image": "image file not found under --image_folder",
-    "corrupt_image": "image file does not decode (--check_images)",
+    "corrupt_image": "image file is not a readable image (--image_check header; decode: every pixel)",
     "template_error": "the --version template cannot render the conversation",
     "too_long": "text + image tokens exceed --model_max_length (training would truncate it)",
+    "cut_fails": "too long, and training's cut would drop its image or every target (even if allowed)",
 }
 WARNINGS = {
     "missing_id": "sample has no 'id'",
@@ -165,33 +169,21 @@ def conversation_problem(sample: dict) -> tuple[str, str] | None:
     return None
 
 
-def image_problem(path: str, decode: bool) -> tuple[str, str] | None:
-    """('missing_image' | 'corrupt_image', message) for the image at `path`, or None."""
-    if not os.path.isfile(path):
-        return "missing_image", f"image file {path} not found (check --image_folder)"
-    if decode:
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                im.convert("RGB")  # decodes every pixel, as the dataset does
-        except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
-            return "corrupt_image", f"image file {path} cannot be read ({type(e).__name__}: {e})"
-    return None
-
-
-def _check_images(samples, indices, image_folder, decode, num_workers, report) -> set[int]:
-    """Record missing (and, with `decode`, corrupt) images of the samples at `indices`; returns the bad ones."""
+def _check_images(samples, indices, image_folder, check, num_workers, report) -> set[int]:
+    """Record missing (and, unless `check` is "exists", unreadable) images of the samples at `indices`;
+    returns the bad ones."""
     paths = {i: os.path.join(image_folder or "", samples[i]["image"]) for i in indices}
     unique = sorted(set(paths.values()))
-    if decode:  # PIL decodes without the GIL: threads use the cores
+    if check == "exists":
+        results = {path: image_problem(path, check) for path in unique}
+    else:  # PIL decodes (and zlib checks CRCs) without the GIL: threads use the cores
         from tqdm import tqdm
 
+        desc = "decoding images" if check == "decode" else "checking image headers"
         with ThreadPoolExecutor(max(1, num_workers)) as pool:
-            found = pool.map(lambda path: image_problem(path, True), unique)
-            results = dict(zip(unique, tqdm(found, total=len(unique), desc="decoding images", mininterval=2)))
-    else:
-        results = {path: image_problem(path, False) for path in unique}
+            found = pool.map(lambda path: image_problem(path, check), unique)
+            results = dict(zip(unique, tqdm(found, total=len(unique), desc=desc, mininterval=2,
+                                            disable=len(unique) < 10000)))  # fmt: skip
     bad = set()
     for i, path in paths.items():
         if results[path]:
@@ -265,16 +257,25 @@ def validate(
     mm_use_im_start_end: bool = False,
     allow_too_long: bool = False,
     image_aspect_ratio: str | None = "square",
+    image_check: str = "header",
 ) -> ValidationReport:
     """Check `samples` (the loaded JSON list); see the module docstring.
 
-    `num_workers`: threads decoding images, and processes rendering/tokenising files of
+    `image_check`: "exists", "header" (default: every image opened and verified) or "decode" (every
+    pixel); `check_images=True` (the old flag) means "decode".
+    `num_workers`: threads checking images, and processes rendering/tokenising files of
     PARALLEL_THRESHOLD samples or more (worth it on free cores; on a busy machine 1 is faster).
     With `mm_use_im_start_end` the im_start/im_end tokens are added to `tokenizer`, as training does.
-    `allow_too_long`: over-long samples are warnings (training cuts them) and stay in the clean file.
+    `allow_too_long`: over-long samples are warnings (training cuts them) and stay in the clean file;
+    those whose cut fails in training (it would drop the image or leave no target) stay errors
+    ("cut_fails"), found by tokenising and cutting them exactly as the dataset does.
     The arguments make the SampleFormat training would use (without a model); its length budget
     decides what is too long, and `report.cut_to` what training cuts each such sample to.
     """
+    if image_check not in IMAGE_CHECKS:
+        raise ValueError(f"unknown image_check {image_check!r}; valid: {IMAGE_CHECKS}")
+    if check_images:
+        image_check = "decode"
     report = ValidationReport(total=len(samples), tolerated=frozenset({"too_long"} if allow_too_long else ()))
     fmt = SampleFormat(  # an unknown --version: ValueError listing the names
         template_for_version(version),
@@ -301,7 +302,7 @@ def validate(
         else:
             good.append(i)
     with_image = [i for i in good if "image" in samples[i]]
-    bad = _check_images(samples, with_image, image_folder, check_images, num_workers, report)
+    bad = _check_images(samples, with_image, image_folder, image_check, num_workers, report)
     good = [i for i in good if i not in bad]
 
     if tokenizer is not None and mm_use_im_start_end:
@@ -318,6 +319,11 @@ def validate(
         total = budget.cost(text, images)
         report.token_counts[i] = total
         if budget.too_long(text, images):
+            failure = _cut_failure(samples[i], tokenizer, fmt)
+            if failure is not None:
+                message = f"{total} tokens > --model_max_length {model_max_length}: {failure}"
+                report.add("cut_fails", i, sid, message)
+                continue
             report.cut_to[i] = budget.trained_length(text, images)
             report.add(
                 "too_long",
@@ -327,6 +333,16 @@ def validate(
                 f"{model_max_length} (training cuts it to {report.cut_to[i]})",
             )
     return report
+
+
+def _cut_failure(sample: dict, tokenizer, fmt: SampleFormat) -> str | None:
+    """Why training's one cut of this over-long sample fails (it would drop an image or every target),
+    or None: the dataset's own path (`SampleFormat.tokenize`), so the two cannot disagree."""
+    try:
+        fmt.tokenize(sample, tokenizer)
+    except SampleError as e:
+        return e.reason
+    return None
 
 
 def write_clean(samples: list, report: ValidationReport, path: str) -> int:
@@ -364,7 +380,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--allow_too_long", action="store_true", help="keep over-long samples (training cuts them): a warning"
     )
     p.add_argument(
-        "--check_images", action="store_true", help="decode every image (slow), not only check it exists"
+        "--image_check",
+        choices=IMAGE_CHECKS,
+        default="header",
+        help="exists: the file only; header (default): opened and verified, which finds files that are no "
+        "image and truncated PNGs; decode: every pixel decoded, as training does (slow)",
+    )
+    p.add_argument(
+        "--check_images",  # the old name, kept
+        "--decode_images",
+        dest="decode_images",
+        action="store_true",
+        help="--image_check decode (--check_images: its old name)",
     )
     p.add_argument(
         "--num_workers",
@@ -385,6 +412,7 @@ def main(argv=None) -> int:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    image_check = "decode" if args.decode_images else args.image_check
     report = validate(
         samples,
         image_folder=args.image_folder,
@@ -392,13 +420,14 @@ def main(argv=None) -> int:
         version=args.version,
         model_max_length=args.model_max_length,
         num_image_tokens=args.num_image_tokens,
-        check_images=args.check_images,
+        image_check=image_check,
         num_workers=args.num_workers,
         mm_use_im_start_end=args.mm_use_im_start_end,
         allow_too_long=args.allow_too_long,
         image_aspect_ratio=args.image_aspect_ratio,
     )
-    checks = "images " + ("exist and decode" if args.check_images else "exist (not decoded)")
+    checks = "images " + {"exists": "exist (not opened)", "header": "exist and open (header check)",
+                          "decode": "exist and decode"}[image_check]  # fmt: skip
     checks += (
         f", tokens with {args.version!r} <= {args.model_max_length}" if tokenizer else ", no length check"
     )
