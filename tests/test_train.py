@@ -340,8 +340,10 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     for step, complete in ((2, True), (10, True), (12, False)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
+        if complete:  # what a resume needs (llava.train.checkpoints.check_checkpoint)
+            for name in ("mm_projector.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+                (folder / name).write_bytes(b"x")
+            (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
     (tmp_path / "checkpoint-x").mkdir()
     assert latest_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert latest_complete_checkpoint(str(tmp_path / "absent")) is None

@@ -125,6 +125,15 @@ class TrainingArguments(transformers.TrainingArguments):
             "target token over the step, as unpacked. --per_device_train_batch_size still counts samples."
         },
     )
+    resume_weights_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint that lacks the optimizer, scheduler or RNG state (e.g. "
+            "--save_only_model): its weights and step are restored, Adam starts afresh and the "
+            "learning-rate schedule restarts from its warm-up; the log says so. Without it such a "
+            "checkpoint is an error (explicit) or skipped (automatic resume). Not with --deepspeed."
+        },
+    )
     # Flags transformers 5 removed or renamed, still used by existing launch scripts.
     evaluation_strategy: Optional[str] = field(
         default=None, metadata={"help": "Old name of --eval_strategy (still accepted)."}

@@ -10,6 +10,9 @@
   for im_start/end tokens) instead of the whole model, plus the optimizer, scheduler, RNG and
   trainer state, so it resumes like any other run; LoRA runs add `non_lora_trainables.bin` (the
   projector and any other trained non-LoRA weights) to every checkpoint and restore it on resume.
+- Publishing (llava.train.checkpoints): a checkpoint is marked complete only once every rank wrote
+  its files; `--save_total_limit` rotates after that; a failed save (disk full named as such) removes
+  its partial folder; a rough free-space check warns before each save.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from transformers import Trainer
 
 from llava.model.parts import PROJECTOR, VISION_TOWER, parameter_parts
 from llava.model.weight_files import save_torch_file
-from llava.train import zero
+from llava.train import checkpoints, zero
 from llava.train.sampler import LengthGroupedSampler
 
 logger = logging.getLogger(__name__)
@@ -197,6 +200,72 @@ class LLaVATrainer(Trainer):
         if _is_peft(self._unwrapped()):
             self.save_non_lora_trainables(output_dir)
 
+    # ------------------------------------------------------------------ checkpoints: whole or absent
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, published whole (llava.train.checkpoints): begun by the main
+        process, written by every rank, marked complete after a barrier, and only then rotated."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        limit = self.args.save_total_limit
+        try:
+            if self.args.should_save:
+                self._warn_free_space(run_dir)
+                checkpoints.begin_save(folder)
+            self.accelerator.wait_for_everyone()
+            self.args.save_total_limit = None  # the Trainer's own rotation would run before the marker
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = limit
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                step, world = self.state.global_step, self.args.world_size
+                checkpoints.publish(folder, global_step=step, world_size=world)
+        except Exception as err:
+            self._save_failed(folder, run_dir, err)
+            raise
+        if self.args.should_save:
+            checkpoints.rotate(
+                run_dir,
+                limit,
+                keep=(self.state.best_model_checkpoint,),
+                need_state=not self.args.save_only_model,
+                **checkpoints.check_options(self.args),
+            )
+
+    def _save_failed(self, folder: str, run_dir: str, err: Exception) -> None:
+        """Remove the partial checkpoint (main process); a full disk becomes CheckpointDiskFull."""
+        if self.args.should_save:
+            checkpoints.discard(folder)
+        previous, _ = checkpoints.newest_complete(run_dir, **checkpoints.check_options(self.args))
+        kept = f"the last complete checkpoint, {previous}, is kept" if previous else "no complete checkpoint"
+        if checkpoints.is_disk_full(err):
+            raise checkpoints.CheckpointDiskFull(
+                f"no space left on the device while saving the checkpoint {folder} ({type(err).__name__}: "
+                f"{str(err)[:200]}). The partial checkpoint was removed; {kept}. Free some space (or lower "
+                "--save_total_limit) and rerun the same command: it resumes from the last complete one",
+                folder,
+            ) from err
+        err.add_note(f"while saving the checkpoint {folder} (the partial folder was removed; {kept})")
+
+    def _warn_free_space(self, run_dir: str) -> str | None:
+        """Warn when the disk looks too full for the next checkpoint: the size of the newest finished
+        one, or (none yet) the saved weights plus Adam's two fp32 moments per trainable parameter."""
+        for _, path in reversed(checkpoints.checkpoints_in(run_dir)):
+            if checkpoints.check_checkpoint(path).whole:
+                needed = checkpoints.folder_bytes(path)
+                return checkpoints.free_space_warning(run_dir, needed, f"the size of {path}")
+        params = list(self._unwrapped().parameters())
+        numel = [getattr(p, "ds_numel", p.numel()) for p in params]
+        trainable = sum(n for n, p in zip(numel, params) if p.requires_grad)
+        partial = self.projector_only or _is_peft(self._unwrapped())
+        saved = sum(n * p.element_size() for n, p in zip(numel, params) if p.requires_grad or not partial)
+        needed = saved + (0 if self.args.save_only_model else 8 * trainable)
+        basis = "estimated from the model: saved weights + Adam's two fp32 moments"
+        return checkpoints.free_space_warning(run_dir, needed, basis)
+
     # ------------------------------------------------------------------ resuming (without DeepSpeed)
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # DeepSpeed restores its own checkpoints (module, optimizer, scheduler) and never comes here.
@@ -214,6 +283,13 @@ class LLaVATrainer(Trainer):
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, NON_LORA_FILE)
+        if _is_peft(model) and not os.path.isfile(path):
+            wanted = [n for n, p in model.named_parameters() if "lora_" not in n and p.requires_grad]
+            if wanted:
+                raise ValueError(
+                    f"{path} missing: the projector and the other trained non-LoRA weights "
+                    f"({len(wanted)} tensors) cannot be restored from this checkpoint"
+                )
         if _is_peft(model) and os.path.isfile(path):
             state = torch.load(path, map_location="cpu", weights_only=True)
             result = model.load_state_dict(state, strict=False)
