@@ -293,13 +293,15 @@ def test_mmbench_circular():
     assert res["category/color"] == 0.0 and res["answered"] == 3
 
 
-def test_mmbench_round0_only_has_no_circular_score():
+def test_mmbench_round0_only_without_variant_rows_circular_is_single_pass():
     pytest.importorskip("pandas")
     rows = mmbench.read_tsv(FIX / "mmbench/mmbench_dev_tiny.tsv")
     res = mmbench.score_mmbench(
         rows, [a for a in read_jsonl(FIX / "mmbench/answers.jsonl") if a["round_id"] == 0]
     )
-    assert res["overall"] == pytest.approx(200 / 3) and "circular/overall" not in res
+    # no variant rows (index + k * 1,000,000) and one round: every question is asked once
+    assert res["overall"] == pytest.approx(200 / 3) and res["circular/overall"] == pytest.approx(200 / 3)
+    assert (res["questions"], res["rounds"], res["unanswered"]) == (3, 1, 0)
 
 
 def test_mmbench_submission_sheet(tmp_path):

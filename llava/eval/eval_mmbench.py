@@ -1,7 +1,9 @@
 """MMBench scorer (dev splits): ``python -m llava.eval.eval_mmbench --annotation-file mmbench_dev.tsv --result-file A``.
 
-Prints single-pass accuracy (round 0) and, when the answers hold every rotation
-(``model_vqa_mmbench --all-rounds``), circular accuracy; overall and per category.
+Prints the circular accuracy, the MMBench server's figure (a question is right when all its
+circular-variant rows, ``index % 1,000,000``, are right), with the row accuracy beside it; overall
+and per category. Answers made with ``model_vqa_mmbench --all-rounds`` need every round right.
+Answers that the official rule-based matching cannot read count as wrong, and are counted.
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--result-file", required=True)
     args = parser.parse_args(argv)
     res = score_mmbench(read_tsv(args.annotation_file), read_jsonl(args.result_file, "MMBench answer file"))
-    if res["answered"] < res["count"]:
-        print(
-            f"Warning: {res['count'] - res['answered']} of {res['count']} questions have no answer (count as wrong)"
-        )
-    print(f"Accuracy: {res['overall']:.2f}%")
-    if "circular/overall" in res:
-        print(f"Circular accuracy: {res['circular/overall']:.2f}%")
+    if res["unanswered"]:
+        what = "answers (rows x rounds)" if res["rounds"] == "all" else "rows"
+        print(f"Warning: {res['unanswered']} {what} have no answer (count as wrong)")
+    print(f"Circular accuracy: {res['circular/overall']:.2f}% ({res['questions']} questions)  "
+          f"Row accuracy: {res['overall']:.2f}% ({res['count']} rows)")  # fmt: skip
+    judged = res["judge_questions"]
+    print(f"Unmatched answers: {res['unmatched']} (no option letter or text found; counted as wrong, "
+          f"the MMBench server would ask a GPT judge: {judged} questions depend on it)")  # fmt: skip
     for key in sorted(k for k in res if k.startswith(("category/", "l2-category/"))):
-        circ = res.get(f"circular/{key}")
-        print(f"  {key}: {res[key]:.2f}%" + (f" (circular {circ:.2f}%)" if circ is not None else ""))
+        print(f"  {key}: circular {res['circular/' + key]:.2f}% (row {res[key]:.2f}%)")
     return res
 
 

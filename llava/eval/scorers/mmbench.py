@@ -1,10 +1,19 @@
-"""MMBench (and MMBench-CN): option extraction, single-pass and circular accuracy, submission sheet.
+"""MMBench (and MMBench-CN): circular and row accuracy as the MMBench server scores them; upload sheet.
 
-Each question has 2-4 options (columns A-D of the ``.tsv``). With ``--all-rounds`` the answer
-generator asks every question once per rotation of its options (round r shows option texts
-shifted by r positions, always labelled A, B, ...), so in round r the right letter is the one at
-``(answer_index - r) mod n``. Circular evaluation counts a question right only if it is answered
-right in every rotation; single-pass accuracy uses round 0.
+The official dev ``.tsv`` holds each question several times: index ``i`` and its circular variants
+``i + 1,000,000``, ``i + 2,000,000``, ... with the options rotated (one row per rotation, 2-4 options).
+The server counts a question right only when every row of its group (``index % 1,000,000``) is
+answered right; that circular accuracy is the published figure. Row accuracy counts rows alone.
+
+With ``--all-rounds`` the answer generator also asks every row once per rotation of its options
+(round r shows the option texts shifted by r positions, labelled A, B, ...), so in round r the
+right letter is the one at ``(answer_index - r) mod n``; then every round of every row of a group
+must be right. Row accuracy uses round 0.
+
+Answers are read with the official rule-based steps (``options.match_option``: an option letter,
+then an option text). An answer that neither step matches counts as wrong; the server would ask
+a GPT judge about it, so the figure is exact only when no answer is unmatched (``unmatched``). A
+row (or round) without an answer counts as wrong too (``unanswered``).
 """
 
 from __future__ import annotations
@@ -13,9 +22,10 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 
-from llava.eval.scorers.options import extract_option
+from llava.eval.scorers.options import match_option
 
 OPTION_COLUMNS = ("A", "B", "C", "D")
+QUESTION_STRIDE = 1_000_000
 UPLOAD_DROPPED_COLUMNS = ("hint", "category", "source", "image", "comment", "l2-category")
 
 
@@ -51,40 +61,86 @@ def read_tsv(path) -> list[dict]:
     return [{k: (None if is_none(v) else v) for k, v in row.items()} for row in df.to_dict(orient="records")]
 
 
-def score_mmbench(rows: Sequence[dict], answers: Sequence[dict]) -> dict:
-    """Accuracy (round 0) and circular accuracy, overall and per ``category`` / ``l2-category``."""
-    by_index = {int(r["index"]): r for r in rows}
-    if any(is_none(r.get("answer")) for r in rows):
-        raise ValueError("this MMBench file has no ground-truth 'answer' column (a test split): submit the "
-                         "sheet from scripts/convert_mmbench_for_submission.py to the MMBench server instead")  # fmt: skip
-    rounds: dict[int, dict[int, bool]] = defaultdict(dict)
+def question_of(index) -> int:
+    """The question a row belongs to: its circular variants have the index plus a multiple of 1,000,000."""
+    return int(index) % QUESTION_STRIDE
+
+
+def _percent(values) -> float:
+    values = list(values)
+    return 100.0 * sum(values) / len(values)
+
+
+def _verdicts(by_index: dict, answers: Sequence[dict]) -> dict:
+    """``{(index, round): True | False | None}`` (None: no option matched) for each answer."""
+    out = {}
     for a in answers:
-        idx = int(a["question_id"])
+        idx, r = int(a["question_id"]), int(a.get("round_id", 0))
         if idx not in by_index:
             raise KeyError(f"MMBench answer for index {idx} that is not in the question file")
         row = by_index[idx]
         options = row_options(row)
-        n, r = len(options), int(a.get("round_id", 0))
-        shown = options[r:] + options[:r]
+        n = len(options)
+        if not 0 <= r < n:
+            raise ValueError(f"MMBench answer for index {idx} has round_id {r}, but the row has {n} options")
         letters = OPTION_COLUMNS[:n]
         right = letters[(OPTION_COLUMNS.index(str(row["answer"]).strip()) - r) % n]
-        rounds[idx][r] = extract_option(a["text"], letters, shown) == right
-    groups: dict[str, list[tuple[bool, bool | None]]] = defaultdict(list)
-    for idx, row in by_index.items():
-        got = rounds.get(idx, {})
-        single = got.get(0, False)
-        n = len(row_options(row))
-        circular = all(got.get(r, False) for r in range(n)) if len(got) == n else None
-        for key in ("overall", f"category/{row.get('category')}", f"l2-category/{row.get('l2-category')}"):
-            groups[key].append((single, circular))
-    out = {}
-    for key, vals in groups.items():
-        out[key] = 100.0 * sum(s for s, _ in vals) / len(vals)
-        if all(c is not None for _, c in vals):
-            out[f"circular/{key}"] = 100.0 * sum(bool(c) for _, c in vals) / len(vals)
-    out["answered"] = sum(0 in rounds.get(i, {}) for i in by_index)
-    out["count"] = len(by_index)
+        picked = match_option(a["text"], options[r:] + options[:r], letters)
+        out[(idx, r)] = None if picked is None else picked == right
     return out
+
+
+def score_mmbench(rows: Sequence[dict], answers: Sequence[dict]) -> dict:
+    """Circular (per question) and row accuracy, overall and per ``category`` / ``l2-category``.
+
+    Keys: ``circular/overall``, ``overall`` (row accuracy, round 0), ``circular/category/<c>``,
+    ``category/<c>`` (likewise ``l2-category/``, when the file has those columns); counts
+    ``questions``, ``count`` (rows), ``answered`` (rows with a round-0 answer), ``unanswered``
+    (expected answers missing), ``unmatched`` (answers no rule matched) and ``judge_questions``
+    (questions the server would send to its GPT judge: no answer wrong, one unmatched).
+    """
+    by_index = {int(r["index"]): r for r in rows}
+    if any(is_none(r.get("answer")) for r in rows):
+        raise ValueError("this MMBench file has no ground-truth 'answer' column (a test split): submit the "
+                         "sheet from scripts/convert_mmbench_for_submission.py to the MMBench server instead")  # fmt: skip
+    verdicts = _verdicts(by_index, answers)
+    all_rounds = any(r > 0 for _, r in verdicts)
+    groups: dict[int, list[bool | None]] = defaultdict(list)
+    row_right, unanswered = {}, 0
+    for idx, row in by_index.items():
+        rounds = range(len(row_options(row))) if all_rounds else (0,)
+        for r in rounds:
+            verdict = verdicts.get((idx, r), "missing")
+            unanswered += verdict == "missing"
+            groups[question_of(idx)].append(False if verdict == "missing" else verdict)
+        row_right[idx] = verdicts.get((idx, 0)) is True
+    first = {}  # the group's category is its main row's (the lowest index)
+    for idx in sorted(by_index):
+        first.setdefault(question_of(idx), by_index[idx])
+    buckets: dict[str, list[bool]] = defaultdict(list)
+    for q, got in groups.items():
+        for key in _keys(first[q]):
+            buckets[f"circular/{key}"].append(all(v is True for v in got))
+    for idx, row in by_index.items():
+        for key in _keys(row):
+            buckets[key].append(row_right[idx])
+    out: dict = {key: _percent(vals) for key, vals in buckets.items()}
+    out["questions"] = len(groups)
+    out["count"] = len(by_index)
+    out["answered"] = sum((i, 0) in verdicts for i in by_index)
+    out["unanswered"] = unanswered
+    out["unmatched"] = sum(v is None for v in verdicts.values())
+    out["judge_questions"] = sum(None in got and False not in got for got in groups.values())
+    out["rounds"] = "all" if all_rounds else 1
+    return out
+
+
+def _keys(row: dict) -> list[str]:
+    keys = ["overall"]
+    for column in ("category", "l2-category"):
+        if not is_none(row.get(column)):
+            keys.append(f"{column}/{row[column]}")
+    return keys
 
 
 def submission_frame(df, answers: Sequence[dict]):

@@ -5,7 +5,8 @@
 #   mmbench_dev_20230712.tsv   questions with base64 images (github.com/open-compass/MMBench)
 # Output: answers/$SPLIT/llava-v1.5-13b.jsonl, answers_upload/$SPLIT/llava-v1.5-13b.xlsx (submit to
 # the MMBench evaluation server, https://mmbench.opencompass.org.cn, for the official circular score).
-# Add --all-rounds to the generation command to score circular evaluation locally as well.
+# The official TSV already holds each question's circular variants as rows: eval_mmbench prints the circular
+# figure (the published one) from a plain run. --all-rounds additionally rotates every row's options itself.
 set -e
 
 SPLIT="mmbench_dev_20230712"
