@@ -12,8 +12,6 @@ See scripts/v1_5/*.sh for the published settings. A run resumes by itself from t
 from __future__ import annotations
 
 import logging
-import os
-import re
 import sys
 
 import transformers
@@ -23,11 +21,14 @@ from llava.data.dataset import LazySupervisedDataset, make_supervised_data_modul
 from llava.data.preprocess import preprocess, preprocess_multimodal
 from llava.data.sample_format import SampleFormat
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from llava.train.checkpoints import check_options, newest_complete
 from llava.train.freeze import FreezePolicy
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.model_setup import build_model_and_tokenizer, find_all_linear_names
 from llava.train.param_table import format_parameter_table
+from llava.train.preemption import StopGuard, exit_on_interrupt
 from llava.train.preflight import preflight
+from llava.train.resume import ResumeError, choose_checkpoint
 
 logger = logging.getLogger("llava.train")
 
@@ -45,39 +46,25 @@ __all__ = [
     "train",
 ]
 
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def latest_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` in `output_dir` that finished saving (its trainer_state.json is
-    written last, after every rank's files), or None. A newer half-written one is skipped."""
-    if not os.path.isdir(output_dir):
-        return None
-    found = sorted(
-        (int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _CHECKPOINT.match(name))
-    )
-    for _, name in reversed(found):
-        path = os.path.join(output_dir, name)
-        if os.path.isfile(os.path.join(path, "trainer_state.json")):
-            return path
-        logger.warning("skipping %s: it was not completely written (no trainer_state.json)", path)
-    return None
+def latest_complete_checkpoint(output_dir: str, **check_kw) -> str | None:
+    """The newest `checkpoint-N` in `output_dir` a run can resume (llava.train.checkpoints: its save
+    finished, and it holds weights, optimizer, scheduler, RNG and a trainer state that parses), or
+    None. Newer folders that are not are skipped, each logged with what it lacks."""
+    found, skipped = newest_complete(output_dir, **check_kw)
+    for check in skipped:
+        logger.warning("skipping %s: %s", check.path, check.reason)
+    return found
 
 
 def resolve_resume(training_args) -> str | None:
-    """--resume_from_checkpoint PATH, else (or with True/latest) the newest complete checkpoint."""
-    value = training_args.resume_from_checkpoint
-    auto = value is None or str(value).lower() in ("", "true", "latest", "auto")
-    if not auto:
-        if not os.path.isdir(value):
-            raise FileNotFoundError(f"--resume_from_checkpoint {value} is not a folder")
-        return value
-    found = latest_complete_checkpoint(training_args.output_dir)
-    if found is None and value is not None and str(value).lower() != "":
-        raise FileNotFoundError(
-            f"--resume_from_checkpoint {value}: no complete checkpoint-* in {training_args.output_dir}"
-        )
-    return found
+    """--resume_from_checkpoint PATH, checked first (ResumeError naming what it lacks, unless
+    --resume_weights_only True); else (or with True/latest) the newest complete checkpoint."""
+    return choose_checkpoint(
+        training_args.resume_from_checkpoint,
+        training_args.output_dir,
+        weights_only=bool(getattr(training_args, "resume_weights_only", False)),
+        **check_options(training_args),
+    )
 
 
 class _Started(transformers.TrainerCallback):
@@ -87,10 +74,6 @@ class _Started(transformers.TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.began = True
-
-
-class ResumeError(RuntimeError):
-    pass
 
 
 def _train_or_explain(trainer, checkpoint: str | None) -> None:
@@ -125,7 +108,7 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None,
     """Parse the command line (or `argv`), train, save; returns the trainer."""
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    preflight(data_args, training_args)
+    preflight(data_args, training_args, model_args)
     _setup_logging(training_args)
     logger.info("model_args: %s", model_args)
     logger.info("data_args: %s", data_args)
@@ -155,11 +138,14 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None,
     checkpoint = resolve_resume(training_args)
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
-    _train_or_explain(trainer, checkpoint)
-    trainer.save_state()
-    model.config.use_cache = True
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.wait_for_everyone()  # no rank leaves before the main one has written everything
+    # SIGTERM / SIGINT or an unreadable sample: stop after a whole step, checkpoint, raise (preemption.py)
+    with StopGuard(trainer, resumed_from=checkpoint) as guard:
+        _train_or_explain(trainer, checkpoint)
+        guard.raise_if_stopped()
+        trainer.save_state()
+        model.config.use_cache = True
+        trainer.save_model(training_args.output_dir)
+        trainer.accelerator.wait_for_everyone()  # no rank leaves before the main one has written everything
     skipped = getattr(data_module["train_dataset"], "skipped", 0)
     if skipped:
         logger.warning("--skip_bad_samples: %d samples could not be loaded and were replaced", skipped)
@@ -167,4 +153,4 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None,
 
 
 if __name__ == "__main__":
-    train()
+    exit_on_interrupt(train)  # a stop on SIGTERM / SIGINT exits 143 / 130 after its checkpoint

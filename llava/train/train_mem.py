@@ -36,9 +36,10 @@ def pick_attn_implementation() -> str:
 
 
 def main() -> None:
+    from llava.train.preemption import exit_on_interrupt
     from llava.train.train import train
 
-    train(attn_implementation=pick_attn_implementation())
+    exit_on_interrupt(train, attn_implementation=pick_attn_implementation())  # 143 / 130 on SIGTERM / SIGINT
 
 
 if __name__ == "__main__":
