@@ -3,23 +3,8 @@ and the over-long samples training cuts are named in its warning."""
 
 import json
 
-import pytest
-import torch
-
-from tests.test_train import run, stage2_args, train_kit
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def kit(tmp_path_factory):
-    return train_kit(tmp_path_factory)
+# ruff: noqa: F811  (kit is a pytest fixture shared with tests/test_train.py)
+from tests.test_train import kit, one_thread, run, stage2_args  # noqa: F401  (kit, one_thread: fixtures)
 
 
 def _sample(sid, image, question, answer):
