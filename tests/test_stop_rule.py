@@ -163,8 +163,3 @@ def test_remote_paths_refuse_chat_template_which_needs_the_tokenizer(tok):
     with pytest.raises(ValueError, match="chat_template"):
         web_stop("chat_template", tok)
 
-
-def test_old_alias_is_the_same_rule(tok):
-    from llava.serve.conv_mode import stop_string
-
-    assert all(stop_string(get_conv_template(n, tok)) == EXPECTED[n] for n in NAMES)

@@ -5,16 +5,13 @@ worker reports the template it serves (`conv_template` in its status; the contro
 /list_models passes them on as `conv_templates`); `remote_conversation` picks it through the one
 rule, `llava.conversation.choose_conv_mode`: the server's --conv-mode, else the worker's
 template, else the name-based guess (workers that do not report one).
-
-Old names kept: `infer_conv_mode` is `llava.conversation.guess_conv_mode`, `stop_string(conv)` is
-`conv.stop_str`, `get_template` is `get_conv_template`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from llava.conversation import SeparatorStyle, choose_conv_mode, get_conv_template, guess_conv_mode
+from llava.conversation import SeparatorStyle, choose_conv_mode, get_conv_template
 
 
 def remote_conversation(
@@ -36,17 +33,3 @@ def remote_conversation(
         )
     return conv
 
-
-def infer_conv_mode(model_name: str, multimodal: bool | None = None) -> str:
-    """The name-based guess (`llava.conversation.guess_conv_mode`)."""
-    return guess_conv_mode(model_name, multimodal)
-
-
-def stop_string(conv) -> str | None:
-    """The string that ends an assistant turn of `conv` (`conv.stop_str`)."""
-    return conv.stop_str
-
-
-def get_template(conv_mode: str, tokenizer=None):
-    """A fresh copy of the named template (ValueError listing the valid names when unknown)."""
-    return get_conv_template(conv_mode, tokenizer)

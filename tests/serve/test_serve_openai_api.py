@@ -6,8 +6,8 @@ import openai
 import pytest
 import requests
 
+from llava.conversation import get_conv_template as get_template
 from llava.serve import protocol
-from llava.serve.conv_mode import get_template
 from llava.serve.openai_messages import APIError, ChatCompletionRequest, build_prompt
 from tests.serve.stack import API_KEY, MODEL_A, WATERVIEW
 

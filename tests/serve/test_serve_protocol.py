@@ -8,8 +8,9 @@ import zlib
 import pytest
 from PIL import Image
 
+from llava.conversation import get_conv_template as get_template
+from llava.conversation import guess_conv_mode as infer_conv_mode
 from llava.serve import protocol
-from llava.serve.conv_mode import get_template, infer_conv_mode, stop_string
 from llava.serve.images import (
     ImageInputError,
     decode_image_bytes,
@@ -147,9 +148,9 @@ def test_unknown_name_is_llava_when_known_multimodal():
 
 
 def test_stop_strings_of_templates():
-    assert stop_string(get_template("llava_v1")) == "</s>"
-    assert stop_string(get_template("llava_v0")) == "###"
-    assert stop_string(get_template("mpt")) == "<|im_end|>"
+    assert get_template("llava_v1").stop_str == "</s>"
+    assert get_template("llava_v0").stop_str == "###"
+    assert get_template("mpt").stop_str == "<|im_end|>"
     with pytest.raises(ValueError, match="valid names"):
         get_template("no_such_template")
 
