@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from llava.conversation import get_conv_template as get_template
 from llava.serve import protocol
-from llava.serve.conv_mode import get_template
 from llava.serve.processes import wait_until
 from tests.serve.stack import EXPIRATION, MODEL_A, MODEL_B, WATERVIEW
 
