@@ -15,3 +15,6 @@ DEFAULT_IMAGE_PATCH_TOKEN = "<im_patch>"
 DEFAULT_IM_START_TOKEN = "<im_start>"
 DEFAULT_IM_END_TOKEN = "<im_end>"
 IMAGE_PLACEHOLDER = "<image-placeholder>"
+
+# transformers' llava-hf model types (LlavaForConditionalGeneration, LlavaNext..., LlavaOnevision...).
+LLAVA_HF_MODEL_TYPES = ("llava", "llava_next", "llava_onevision")

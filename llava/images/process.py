@@ -1,15 +1,16 @@
 """Images as the model sees them: pad to square, anyres tiles, the processor's pixels (original LLaVA names).
 
 `process_images(images, image_processor, model_cfg)` turns PIL images into pixel tensors by
-`model_cfg.image_aspect_ratio` (None/"square", "pad", "anyres"); `model_cfg` is any object with
-`image_aspect_ratio` and `image_grid_pinpoints` (a model config, or the data side's `SampleFormat`).
-The training loader's fast path for square/pad (`llava.images.transform.ImageTransform`) gives the
-same pixels. Re-exported by `llava.mm_utils` under the original's names.
+`model_cfg.image_aspect_ratio` (None/"square", "pad", "anyres", "anyres_max_N"); `model_cfg` is any object
+with `image_aspect_ratio` and `image_grid_pinpoints` (a model config, or the data side's `SampleFormat`).
+Grid pinpoints take the three forms of llava.images.grid.parse_grid_pinpoints (a tile-grid range such as
+"(1x1),...,(6x6)" is in units of the processor's crop size). The training loader's fast path for
+square/pad (`llava.images.transform.ImageTransform`) gives the same pixels. Re-exported by
+`llava.mm_utils` under the original's names.
 """
 
 from __future__ import annotations
 
-import ast
 import base64
 import math
 from io import BytesIO
@@ -17,24 +18,18 @@ from io import BytesIO
 import torch
 from PIL import Image
 
+from .grid import (
+    anyres_grid_shape,
+    check_image_aspect_ratio,
+    parse_grid_pinpoints,
+    select_best_resolution,  # noqa: F401  (the original's public name)
+)
+
+# The fixed names; "anyres_max_N" (any N >= 1) is accepted too (llava.images.grid.check_image_aspect_ratio).
 IMAGE_ASPECT_RATIOS = (None, "square", "pad", "anyres")
 
 
 # --------------------------------------------------------------------------------------- anyres
-def select_best_resolution(original_size, possible_resolutions):
-    """The (width, height) from `possible_resolutions` keeping the most detail, least padding."""
-    original_width, original_height = original_size
-    best_fit, best_effective, best_wasted = None, 0, float("inf")
-    for width, height in possible_resolutions:
-        scale = min(width / original_width, height / original_height)
-        down_w, down_h = int(original_width * scale), int(original_height * scale)
-        effective = min(down_w * down_h, original_width * original_height)
-        wasted = width * height - effective
-        if effective > best_effective or (effective == best_effective and wasted < best_wasted):
-            best_fit, best_effective, best_wasted = (width, height), effective, wasted
-    return best_fit
-
-
 def resize_and_pad_image(image, target_resolution):
     """Resize keeping the aspect ratio, then centre on a black canvas of `target_resolution`."""
     original_width, original_height = image.size
@@ -60,35 +55,37 @@ def divide_to_patches(image, patch_size):
     ]
 
 
-def _pinpoints(grid_pinpoints):
-    if isinstance(grid_pinpoints, str):
-        grid_pinpoints = ast.literal_eval(grid_pinpoints)
-    if not grid_pinpoints:
-        raise ValueError(
-            "image_aspect_ratio 'anyres' needs image_grid_pinpoints, e.g. [[336, 672], [672, 336]]"
-        )
-    return [tuple(p) for p in grid_pinpoints]
-
-
 def get_anyres_image_grid_shape(image_size, grid_pinpoints, patch_size):
     """(columns, rows) of `patch_size` tiles an anyres image of `image_size` (w, h) is cut into."""
-    width, height = select_best_resolution(image_size, _pinpoints(grid_pinpoints))
-    return width // patch_size, height // patch_size
+    return anyres_grid_shape(image_size, grid_pinpoints, patch_size)
 
 
 def _size_value(size, key):
-    value = size[key] if isinstance(size, dict) else getattr(size, key, None)
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
     if value is None:
         raise ValueError(f"image processor has no {key!r} in its size settings ({size})")
     return value
 
 
+def _tile_side(processor) -> int:
+    """The side of an anyres tile: the processor's crop height (its size height where it has no crop)."""
+    crop = getattr(processor, "crop_size", None)
+    return _size_value(crop if crop else processor.size, "height")
+
+
+def _base_side(processor) -> int:
+    """The side the whole image is resized to: the processor's shortest edge (or its size height)."""
+    size = processor.size
+    has_edge = size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", None)
+    return _size_value(size, "shortest_edge" if has_edge else "height")
+
+
 def process_anyres_image(image, processor, grid_pinpoints):
     """Tensor [1 + tiles, 3, H, W]: the whole image resized, then the tiles of the best grid."""
-    best = select_best_resolution(image.size, _pinpoints(grid_pinpoints))
-    padded = resize_and_pad_image(image, best)
-    patches = divide_to_patches(padded, _size_value(processor.crop_size, "height"))
-    edge = _size_value(processor.size, "shortest_edge")
+    tile = _tile_side(processor)
+    best = select_best_resolution(image.size, parse_grid_pinpoints(grid_pinpoints, tile))
+    patches = divide_to_patches(resize_and_pad_image(image, best), tile)
+    edge = _base_side(processor)
     tiles = [image.resize((edge, edge))] + patches
     return torch.stack([processor.preprocess(t, return_tensors="pt")["pixel_values"][0] for t in tiles])
 
@@ -110,13 +107,13 @@ def expand2square(pil_img, background_color):
 
 
 def process_images(images, image_processor, model_cfg):
-    """Pixel tensors for `images` by `model_cfg.image_aspect_ratio` (None/"square", "pad", "anyres").
+    """Pixel tensors for `images` by `model_cfg.image_aspect_ratio` (None/"square", "pad", "anyres",
+    "anyres_max_N").
 
     Returns a stacked tensor [N, ...] when all results share a shape, else a list of tensors.
     """
     mode = getattr(model_cfg, "image_aspect_ratio", None)
-    if mode not in IMAGE_ASPECT_RATIOS:
-        raise ValueError(f"unknown image_aspect_ratio {mode!r}; valid: {IMAGE_ASPECT_RATIOS}")
+    check_image_aspect_ratio(mode)
     if mode in (None, "square"):
         return image_processor(images, return_tensors="pt")["pixel_values"]
     if mode == "pad":
@@ -126,7 +123,8 @@ def process_images(images, image_processor, model_cfg):
             for im in images
         ]
     else:
-        out = [process_anyres_image(im, image_processor, model_cfg.image_grid_pinpoints) for im in images]
+        pinpoints = getattr(model_cfg, "image_grid_pinpoints", None)
+        out = [process_anyres_image(im, image_processor, pinpoints) for im in images]
     if out and all(x.shape == out[0].shape for x in out):
         return torch.stack(out, dim=0)
     return out
