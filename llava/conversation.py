@@ -1,4 +1,5 @@
-"""Conversation templates, keyed by the `--version` name (same names and strings as haotian-liu/LLaVA).
+"""Conversation templates, keyed by the `--version` name (haotian-liu/LLaVA's and LLaVA-NeXT's names and
+strings; the templates themselves, as data, are in llava/conversation_templates.py).
 
 A `Conversation` renders its messages into one prompt string. Rendering goes through
 `get_prompt_with_target_spans()`, which also returns the character spans the assistant produces
@@ -29,6 +30,7 @@ from enum import Enum, auto
 from typing import Any
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.conversation_templates import DEFAULT_TEMPLATE, TEMPLATES, TemplateSpec
 
 
 class SeparatorStyle(Enum):
@@ -42,7 +44,8 @@ class SeparatorStyle(Enum):
     # New styles: user turns end with `sep`, assistant turns with `sep2` (both the end-of-turn
     # token, so either serving rule for the stop string finds it).
     CHATML = auto()  # Qwen2-style: <|im_start|>role\n...<|im_end|>\n
-    LLAMA_3 = auto()  # <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>
+    LLAMA_3 = auto()  # <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|> (messages trimmed)
+    GEMMA = auto()  # <start_of_turn>role\n...<end_of_turn>\n (roles hold the prefix; no system turn)
     CHAT_TEMPLATE = auto()  # the tokenizer's own chat template (tokenizer.apply_chat_template)
 
 
@@ -108,8 +111,15 @@ class Conversation:
         elif style == SeparatorStyle.CHATML and self.system:
             out.append((f"<|im_start|>system\n{self.system}{self.sep}\n", False))
         elif style == SeparatorStyle.LLAMA_3 and self.system:
-            out.append((f"<|start_header_id|>system<|end_header_id|>\n\n{self.system}{self.sep}", False))
-        elif style not in (SeparatorStyle.CHATML, SeparatorStyle.LLAMA_3):
+            out.append(
+                (f"<|start_header_id|>system<|end_header_id|>\n\n{self.system.strip()}{self.sep}", False)
+            )
+        elif style == SeparatorStyle.GEMMA and self.system:
+            raise ValueError(
+                f"template {self.version!r} (Gemma) has no system turn; drop the system prompt "
+                f"({self.system[:40]!r}...) or use another template"
+            )
+        elif style not in (SeparatorStyle.CHATML, SeparatorStyle.LLAMA_3, SeparatorStyle.GEMMA):
             raise ValueError(f"Invalid style: {style}")
         for i, (role, msg) in enumerate(messages):
             out.extend(self._turn_segments(i % 2 == 1, role, msg))
@@ -128,14 +138,19 @@ class Conversation:
             # The original trained on "<image>" + caption + sep (preprocess_plain), so a human turn
             # adds no separator and the assistant turn ends with `sep`.
             prefix, body = "", ((msg + self.sep) if is_assistant else msg) if msg else ""
-        elif style == SeparatorStyle.CHATML:
+        elif style in (SeparatorStyle.CHATML, SeparatorStyle.GEMMA):
+            # The end-of-turn token is the target; the newline after it is not.
             end = self.sep2 if is_assistant else self.sep
-            prefix, body = f"<|im_start|>{role}\n", (msg + end if msg else "")
+            prefix = f"<|im_start|>{role}\n" if style == SeparatorStyle.CHATML else role
+            body = msg + end if msg else ""
             if msg:
                 return [(prefix, False), (body, is_assistant), ("\n", False)]
-        else:  # LLAMA_3
+        else:  # LLAMA_3: as LLaMA-3-Instruct's chat template, which trims every message
             end = self.sep2 if is_assistant else self.sep
-            prefix, body = f"<|start_header_id|>{role}<|end_header_id|>\n\n", (msg + end if msg else "")
+            prefix, body = (
+                f"<|start_header_id|>{role}<|end_header_id|>\n\n",
+                (msg.strip() + end if msg else ""),
+            )
         return [(prefix, False), (body, is_assistant and bool(msg))]
 
     def _llama_2_segments(self, messages) -> list[Segment]:
@@ -203,7 +218,7 @@ class Conversation:
         """The text that ends an assistant turn of this template (where generation stops), or None.
 
         `</s>` for v1 and LLaMA-2 styles (sep2), `###` for v0 (SINGLE: sep), `<|im_end|>` for MPT
-        (sep), `\\n` for plain (the caption ends with sep), sep2 for ChatML and LLaMA-3, and the
+        (sep), `\\n` for plain (the caption ends with sep), sep2 for ChatML, LLaMA-3 and Gemma, and the
         tokenizer's EOS for chat_template once a tokenizer is bound. Eval, CLI, worker and API all
         stop on this one string.
         """
@@ -212,7 +227,7 @@ class Conversation:
             stop = self.sep
         elif style == SeparatorStyle.CHAT_TEMPLATE:
             stop = self.sep2 if self.tokenizer is not None else None
-        else:  # TWO, LLAMA_2, CHATML, LLAMA_3: the assistant's own end-of-turn text
+        else:  # TWO, LLAMA_2, CHATML, LLAMA_3, GEMMA: the assistant's own end-of-turn text
             stop = self.sep2
         return stop if isinstance(stop, str) and stop.strip(" ") else None
 
@@ -242,115 +257,27 @@ class Conversation:
         }
 
 
-def _conv(system: str, roles, style: SeparatorStyle, sep: str, sep2=None, version="Unknown", messages=()):
-    return Conversation(system, roles, [list(m) for m in messages], 0, style, sep, sep2, version)
+def _build(spec: TemplateSpec) -> Conversation:
+    return Conversation(
+        spec.system,
+        spec.roles,
+        [list(m) for m in spec.messages],
+        spec.offset,
+        SeparatorStyle[spec.style],
+        spec.sep,
+        spec.sep2,
+        spec.version,
+    )
 
 
-_VICUNA_V0_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
-_VICUNA_V1_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
-_MMTAG_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant is able to understand the visual content that the user provides, and assist the user "
-    "with a variety of tasks using natural language."
-    "The visual content will be provided with the following format: <Image>visual content</Image>."
-)
-_LLAMA_2_SYSTEM = (
-    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while "
-    "being safe.  Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, "
-    "or illegal content. Please ensure that your responses are socially unbiased and positive in nature.\n\n"
-    "If a question does not make any sense, or is not factually coherent, explain why instead of answering "
-    "something not correct. If you don't know the answer to a question, please don't share false information."
-)
-_LLAVA_SYSTEM = (
-    "You are a helpful language and vision assistant. "
-    "You are able to understand the visual content that the user provides, "
-    "and assist the user with a variety of tasks using natural language."
-)
-_V0_EXAMPLE = (
-    ("Human", "What are the key differences between renewable and non-renewable energy sources?"),
-    (
-        "Assistant",
-        "Renewable energy sources are those that can be replenished naturally in a relatively "
-        "short amount of time, such as solar, wind, hydro, geothermal, and biomass. "
-        "Non-renewable energy sources, on the other hand, are finite and will eventually be "
-        "depleted, such as coal, oil, and natural gas. Here are some key differences between "
-        "renewable and non-renewable energy sources:\n"
-        "1. Availability: Renewable energy sources are virtually inexhaustible, while non-renewable "
-        "energy sources are finite and will eventually run out.\n"
-        "2. Environmental impact: Renewable energy sources have a much lower environmental impact "
-        "than non-renewable sources, which can lead to air and water pollution, greenhouse gas emissions, "
-        "and other negative effects.\n"
-        "3. Cost: Renewable energy sources can be more expensive to initially set up, but they typically "
-        "have lower operational costs than non-renewable sources.\n"
-        "4. Reliability: Renewable energy sources are often more reliable and can be used in more remote "
-        "locations than non-renewable sources.\n"
-        "5. Flexibility: Renewable energy sources are often more flexible and can be adapted to different "
-        "situations and needs, while non-renewable sources are more rigid and inflexible.\n"
-        "6. Sustainability: Renewable energy sources are more sustainable over the long term, while "
-        "non-renewable sources are not, and their depletion can lead to economic and social instability.\n",
-    ),
-)
-_S = SeparatorStyle
-_CHATML_ROLES = ("<|im_start|>user\n", "<|im_start|>assistant\n")
+def _registry(specs: dict[str, TemplateSpec]) -> dict[str, Conversation]:
+    """One Conversation per distinct spec: names of equal specs (aliases) share the object."""
+    built: dict[TemplateSpec, Conversation] = {}
+    return {name: built.setdefault(spec, _build(spec)) for name, spec in specs.items()}
 
-conv_vicuna_v0 = dataclasses.replace(
-    _conv(_VICUNA_V0_SYSTEM, ("Human", "Assistant"), _S.SINGLE, "###", messages=_V0_EXAMPLE), offset=2
-)
-conv_vicuna_v1 = _conv(_VICUNA_V1_SYSTEM, ("USER", "ASSISTANT"), _S.TWO, " ", "</s>", "v1")
-conv_llama_2 = _conv(_LLAMA_2_SYSTEM, ("USER", "ASSISTANT"), _S.LLAMA_2, "<s>", "</s>", "llama_v2")
-conv_llava_llama_2 = _conv(_LLAVA_SYSTEM, ("USER", "ASSISTANT"), _S.LLAMA_2, "<s>", "</s>", "llama_v2")
-conv_mistral_instruct = _conv("", ("USER", "ASSISTANT"), _S.LLAMA_2, "", "</s>", "llama_v2")
-conv_mpt = _conv(
-    "<|im_start|>system\nA conversation between a user and an LLM-based AI assistant. "
-    "The assistant gives helpful and honest answers.",
-    _CHATML_ROLES,
-    _S.MPT,
-    "<|im_end|>",
-    version="mpt",
-)
-conv_chatml_direct = _conv(
-    "<|im_start|>system\nAnswer the questions.", _CHATML_ROLES, _S.MPT, "<|im_end|>", version="mpt"
-)
-conv_llava_plain = _conv("", ("", ""), _S.PLAIN, "\n")
-conv_llava_v0 = _conv(_VICUNA_V0_SYSTEM, ("Human", "Assistant"), _S.SINGLE, "###")
-conv_llava_v0_mmtag = _conv(_MMTAG_SYSTEM, ("Human", "Assistant"), _S.SINGLE, "###", version="v0_mmtag")
-conv_llava_v1 = _conv(_VICUNA_V0_SYSTEM, ("USER", "ASSISTANT"), _S.TWO, " ", "</s>", "v1")
-conv_llava_v1_mmtag = _conv(_MMTAG_SYSTEM, ("USER", "ASSISTANT"), _S.TWO, " ", "</s>", "v1_mmtag")
-# Added here (not in the original): Qwen2 ChatML and LLaMA-3, rendered as their official templates.
-conv_qwen_2 = _conv(
-    "You are a helpful assistant.", ("user", "assistant"), _S.CHATML, "<|im_end|>", "<|im_end|>", "qwen_2"
-)
-conv_llama_3 = _conv(_LLAVA_SYSTEM, ("user", "assistant"), _S.LLAMA_3, "<|eot_id|>", "<|eot_id|>", "llama_3")
-conv_chat_template = _conv("", ("user", "assistant"), _S.CHAT_TEMPLATE, "", version="chat_template")
 
-default_conversation = conv_vicuna_v1
-conv_templates: dict[str, Conversation] = {
-    "default": conv_vicuna_v0,
-    "v0": conv_vicuna_v0,
-    "v1": conv_vicuna_v1,
-    "vicuna_v1": conv_vicuna_v1,
-    "llama_2": conv_llama_2,
-    "mistral_instruct": conv_mistral_instruct,
-    "chatml_direct": conv_chatml_direct,
-    "mistral_direct": conv_chatml_direct,
-    "plain": conv_llava_plain,
-    "v0_plain": conv_llava_plain,
-    "llava_v0": conv_llava_v0,
-    "v0_mmtag": conv_llava_v0_mmtag,
-    "llava_v1": conv_llava_v1,
-    "v1_mmtag": conv_llava_v1_mmtag,
-    "llava_llama_2": conv_llava_llama_2,
-    "mpt": conv_mpt,
-    "qwen_2": conv_qwen_2,
-    "llama_3": conv_llama_3,
-    "chat_template": conv_chat_template,
-}
+conv_templates: dict[str, Conversation] = _registry(TEMPLATES)
+default_conversation = conv_templates[DEFAULT_TEMPLATE]
 
 
 def get_conv_template(name: str, tokenizer: Any = None) -> Conversation:
@@ -370,24 +297,32 @@ def get_conv_template(name: str, tokenizer: Any = None) -> Conversation:
 
 # --------------------------------------------------------------------------- which template to serve
 def guess_conv_mode(model_name: str, multimodal: bool | None = None) -> str:
-    """The original's guess of a template from words in the model name (`llava-v1.5-7b` -> `llava_v1`).
+    """The original's guess of a template from words in the model name (`llava-v1.5-7b` -> `llava_v1`),
+    with LLaVA-NeXT's names added (`llava-onevision-qwen2-7b-ov` -> `qwen_1_5`, `llama3-llava-next-8b`
+    -> `llava_llama_3`, `llava-v1.6-34b` -> `chatml_direct`, `llava-v1.6-mistral-7b` -> `mistral_instruct`).
 
     Only for checkpoints that do not say which template they were trained with (no `conv_template`
-    in config.json: the original's). `multimodal` (when known) says whether it is a LLaVA model;
-    otherwise "llava" in the name decides. May name a template the original has and this registry
-    lacks (e.g. `mistral_orca`); `choose_conv_mode` turns that into a clear error.
+    in config.json: the original's and LLaVA-NeXT's). `multimodal` (when known) says whether it is a
+    LLaVA model; otherwise "llava" in the name decides. May name a template this registry lacks
+    (`mpt_text`); `choose_conv_mode` turns that into a clear error.
     """
     name = model_name.lower()
     if multimodal if multimodal is not None else "llava" in name:
         if "llama-2" in name:
             return "llava_llama_2"
+        if any(w in name for w in ("llama3", "llama-3", "llama_3")):
+            return "llava_llama_3"
+        if "qwen" in name or "onevision" in name:
+            return "qwen_1_5"
+        if "zephyr" in name:
+            return "mistral_zephyr"
         if "mistral" in name or "mixtral" in name:
             if "orca" in name:
                 return "mistral_orca"
             if "hermes" in name:
                 return "chatml_direct"
             return "mistral_instruct"
-        if "v1.6-34b" in name:
+        if "34b" in name:
             return "chatml_direct"
         if "gemma" in name:
             return "gemma_instruct"

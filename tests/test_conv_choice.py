@@ -52,7 +52,7 @@ def test_without_a_saved_template_the_name_decides():
     [
         (None, {"conv_template": "vicuna_v9"}, "ckpt", "'vicuna_v9'.*valid names: .*llava_v1"),
         ("vicuna_v9", None, "ckpt", "--conv-mode names.*'vicuna_v9'.*valid names"),
-        (None, None, "llava-v1.6-mistral-7b-orca", "'mistral_orca'.*pass --conv-mode"),
+        (None, None, "mpt-7b-chat", "'mpt_text'.*pass --conv-mode"),
     ],
 )
 def test_unregistered_names_are_clear_errors(requested, config, name, match):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from llava.conversation import conv_templates, get_conv_template
+from tests.test_next_templates import NEXT_STOPS
 
 CHAT_TEMPLATES = Path(__file__).resolve().parent / "fixtures" / "chat_templates"
 MODEL = "some-model"
@@ -39,6 +40,7 @@ EXPECTED = {
     "llama_3": "<|eot_id|>",
     "chat_template": "</s>",
 }
+EXPECTED.update(NEXT_STOPS)  # LLaVA-NeXT's template names (tests/test_next_templates.py)
 NAMES = sorted(conv_templates)
 
 

@@ -7,6 +7,11 @@ What the folder holds decides how it loads (never words in its name):
   llava-hf ``config.json``           ``LlavaForConditionalGeneration`` format, imported
   ``mm_vision_tower`` in config      a merged LLaVA checkpoint (original format)
   anything else                      a plain causal LM (image_processor is None)
+
+LLaVA-NeXT's checkpoints (LLaVA-1.6, OneVision: ``model_type`` llava / llava_mistral / llava_qwen /
+qwen2 with ``mm_vision_tower``) are merged LLaVA checkpoints like any other; the class comes from their
+config (``llava_class_for_config``), and LLaVA-NeXT's keywords (``overwrite_config``,
+``customized_config``, ``multimodal``, ``torch_dtype`` as a string) are accepted.
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ from pathlib import Path
 
 import torch
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_PATCH_TOKEN,
+    LLAVA_HF_MODEL_TYPES,
+)
 
 from .checkpoint import load_mm_projector_state, load_tensor_file, resolve_file
 from .language_model.llava_llm import llava_class_for_config, register_auto_classes
@@ -50,7 +60,7 @@ def detect_checkpoint_layout(model_path: str, model_base: str | None = None) -> 
             "nor mm_projector.bin (projector-only); drop --model-base for a merged checkpoint"
         )
     cfg = _read_json(model_path, "config.json") or {}
-    if cfg.get("model_type") == "llava" and "text_config" in cfg:
+    if cfg.get("model_type") in LLAVA_HF_MODEL_TYPES and "text_config" in cfg:
         return "llava_hf"
     if cfg.get("mm_vision_tower"):
         return "llava"
@@ -64,6 +74,10 @@ def _load_kwargs(load_8bit, load_4bit, device_map, device, use_flash_attn, kwarg
     if device != "cuda":
         out["device_map"] = {"": device}
     dtype = out.pop("torch_dtype", None) or out.pop("dtype", None)
+    if isinstance(dtype, str) and dtype != "auto":  # LLaVA-NeXT passes "float16" / "bfloat16"
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"torch_dtype {dtype!r} is not a torch dtype (e.g. 'float16', 'bfloat16')")
+        dtype = getattr(torch, dtype)
     if dtype is None:
         dtype = (
             torch.float16 if device in ("cuda", "mps") or str(device).startswith("cuda") else torch.float32
@@ -92,14 +106,19 @@ def _model_class(cfg_dict: dict):
     return llava_class_for_config(cfg_dict) if cfg_dict.get("mm_vision_tower") else AutoModelForCausalLM
 
 
-def _config_object(folder: str, cls):
+def _config_object(folder: str, cls, customized=None, overwrite: dict | None = None):
+    """The config to build ``cls`` with: ``customized`` or the folder's, with ``overwrite``'s fields set."""
     from transformers import AutoConfig
 
     config_cls = getattr(cls, "config_class", None)
-    return (config_cls or AutoConfig).from_pretrained(folder)
+    config = customized if customized is not None else (config_cls or AutoConfig).from_pretrained(folder)
+    for key, value in (overwrite or {}).items():
+        logger.info("Overwriting config field %s = %r", key, value)
+        setattr(config, key, value)
+    return config
 
 
-def _load_lora(model_path, model_base, kwargs):
+def _load_lora(model_path, model_base, kwargs, config_changes):
     from peft import PeftModel
 
     adapter_cfg = _read_json(model_path, "adapter_config.json") or {}
@@ -110,7 +129,7 @@ def _load_lora(model_path, model_base, kwargs):
         )
     cfg_dict = _read_json(model_path, "config.json") or _read_json(base, "config.json") or {}
     cls = _model_class(cfg_dict)
-    cfg = _config_object(model_path if _has_file(model_path, "config.json") else base, cls)
+    cfg = _config_object(model_path if _has_file(model_path, "config.json") else base, cls, **config_changes)
     base_vocab = (_read_json(base, "config.json") or {}).get("vocab_size", cfg.vocab_size)
     target_vocab, cfg.vocab_size = cfg.vocab_size, base_vocab
     logger.info("Loading LLaVA from base model %s", base)
@@ -158,11 +177,18 @@ def load_pretrained_model(
     device_map="auto",
     device="cuda",
     use_flash_attn=False,
+    *,
+    overwrite_config: dict | None = None,
+    customized_config=None,
+    multimodal: bool | None = None,
     **kwargs,
 ):
     """Returns ``(tokenizer, model, image_processor, context_len)`` as the original does.
 
-    ``model_name`` is accepted for compatibility and not used to decide anything.
+    ``model_name`` is accepted for compatibility and not used to decide anything. As LLaVA-NeXT's:
+    ``overwrite_config`` sets config fields before the model is built (e.g. ``{"mm_spatial_pool_stride":
+    4}`` for video), ``customized_config`` replaces the folder's config, ``multimodal=True`` asserts
+    that the folder holds a LLaVA model (never needed: the folder says so).
     """
     register_auto_classes()  # text-only LLaVA checkpoints (llava_llama) load through the Auto classes
     model_path = os.fspath(model_path)
@@ -171,23 +197,40 @@ def load_pretrained_model(
         if path is not None and path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
             raise FileNotFoundError(f"model folder {path} does not exist")
     layout = detect_checkpoint_layout(model_path, model_base)
+    if multimodal and layout == "lm":
+        raise ValueError(
+            f"multimodal=True but {model_path} is not a LLaVA checkpoint (its config.json has no "
+            "mm_vision_tower, and it holds no adapter_config.json or mm_projector.bin)"
+        )
+    changes = {"customized": customized_config, "overwrite": overwrite_config}
+    if layout == "llava_hf" and (overwrite_config or customized_config is not None):
+        raise ValueError(
+            f"{model_path} is a llava-hf folder: overwrite_config / customized_config do not apply"
+        )
     load_kwargs = _load_kwargs(load_8bit, load_4bit, device_map, device, use_flash_attn, kwargs)
     logger.info("Loading %s as %s", model_path, layout)
     if layout == "lora":
-        model, base = _load_lora(model_path, model_base, load_kwargs)
+        model, base = _load_lora(model_path, model_base, load_kwargs, changes)
         tokenizer = _load_tokenizer(model_path, base)
     elif layout == "projector":
         cfg_dict = _read_json(model_path, "config.json") or {}
         cls = _model_class(cfg_dict)
-        model = cls.from_pretrained(model_base, config=_config_object(model_path, cls), **load_kwargs)
+        model = cls.from_pretrained(
+            model_base, config=_config_object(model_path, cls, **changes), **load_kwargs
+        )
         load_mm_projector_state(model, load_tensor_file(resolve_file(model_path, "mm_projector.bin")))
         tokenizer = _load_tokenizer(model_path, model_base)
     elif layout == "llava_hf":
-        from .hf_format import llava_from_hf
+        from .hf_next_format import load_llava_hf
 
-        model, tokenizer = llava_from_hf(model_path, **load_kwargs)
+        model, tokenizer = load_llava_hf(model_path, **load_kwargs)
     else:
-        cls = _model_class(_read_json(model_path, "config.json") or {})
+        cfg_dict = _read_json(model_path, "config.json") or {}
+        if customized_config is not None:
+            cfg_dict = customized_config.to_dict()
+        cls = _model_class(cfg_dict)
+        if customized_config is not None or overwrite_config:
+            load_kwargs["config"] = _config_object(model_path, cls, **changes)
         model = cls.from_pretrained(model_path, **load_kwargs)
         tokenizer = _load_tokenizer(model_path)
 

@@ -137,14 +137,12 @@ def to_original_tower_layout(state_dict: dict, tower_prefix: str) -> dict:
 
 
 def fit_tower_keys(stored: dict, module_keys) -> dict:
-    """Rename stored tower keys (with or without ``vision_model.``) to the loaded module's layout."""
+    """Rename stored tower keys (with or without ``vision_model.``) to the loaded module's layout: the
+    spelling under which most of them name a weight of the module (so a stray key stays the only misfit)."""
     module_keys = set(module_keys)
     candidates = (
         stored,
         {k.removeprefix(_TOWER_INFIX): v for k, v in stored.items()},
         {(k if k.startswith(_TOWER_INFIX) else _TOWER_INFIX + k): v for k, v in stored.items()},
     )
-    for candidate in candidates:
-        if set(candidate) <= module_keys:
-            return candidate
-    return stored
+    return max(candidates, key=lambda c: len(module_keys.intersection(c)))

@@ -8,12 +8,15 @@ The tower is frozen and runs under ``no_grad`` unless one of its parameters requ
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import torch
 import transformers
 from torch import nn
+
+from llava.constants import LLAVA_HF_MODEL_TYPES
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ TOWER_BACKENDS = MappingProxyType(
     {"clip_vision_model": _CLIP, "clip": _CLIP, "siglip_vision_model": _SIGLIP, "siglip": _SIGLIP}
 )
 SELECT_FEATURES = ("patch", "cls_patch")
+# State-dict keys of a vision model (with or without the ``vision_model.`` level of older layouts).
+_LAYER_KEY = re.compile(r"^(?:vision_model\.)?encoder\.layers\.(\d+)\.")
+_UNUSED_KEY = re.compile(r"^(?:vision_model\.)?(?:post_layernorm|head)\.")
 
 
 def processor_class(backend: TowerBackend) -> type:
@@ -67,7 +73,7 @@ def _backend_for(model_type, name: str) -> TowerBackend:
 def _tower_source(name: str) -> tuple[TowerBackend, dict | None]:
     """``(backend, vision_config)``: vision_config is the nested dict of a llava-hf folder, else None."""
     cfg = _read_tower_config(name)
-    nested = cfg.get("vision_config") if cfg.get("model_type") == "llava" else None
+    nested = cfg.get("vision_config") if cfg.get("model_type") in LLAVA_HF_MODEL_TYPES else None
     if nested is not None and not isinstance(nested, dict):
         nested = None
     return _backend_for((nested or cfg).get("model_type"), name), nested
@@ -149,6 +155,52 @@ class VisionTower(nn.Module):
         if self.select_feature == "patch" and self.backend.has_cls_token:
             feats = feats[:, 1:]
         return feats
+
+    def unused_weight_names(self) -> frozenset[str]:
+        """Keys of the loaded vision model's state dict that the selected features never depend on.
+
+        The features are ``hidden_states[mm_vision_select_layer]``: the encoder layers after that one,
+        ``post_layernorm`` (applied to the last hidden state only) and SigLIP's pooling ``head`` play no
+        part. A checkpoint may leave exactly these out (LLaVA-NeXT stores its SigLIP tower without the
+        last layer and the head).
+        """
+        layers = self.config.num_hidden_layers
+        index = self.select_layer if self.select_layer >= 0 else layers + 1 + self.select_layer
+        if not 0 <= index <= layers:
+            raise ValueError(
+                f"mm_vision_select_layer {self.select_layer} is out of range for the {layers}-layer tower "
+                f"{self.vision_tower_name!r}: valid {-layers - 1}..{layers}"
+            )
+        unused = set()
+        for key in self.vision_tower.state_dict():
+            match = _LAYER_KEY.match(key)
+            if (match and int(match.group(1)) >= index) or _UNUSED_KEY.match(key):
+                unused.add(key)
+        return frozenset(unused)
+
+    def load_stored_weights(self, stored: dict[str, torch.Tensor], source: str) -> None:
+        """Apply weights stored for this tower (keys in the loaded vision model's layout).
+
+        Every weight the features depend on must be there; only ``unused_weight_names()`` may be
+        missing (they keep the tower folder's values). Anything else missing, or any key that fits no
+        weight, is a ValueError naming ``source``.
+        """
+        expected = self.vision_tower.state_dict()
+        missing = sorted(set(expected) - set(stored) - self.unused_weight_names())
+        unexpected = sorted(set(stored) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"{source} do not fit the tower {self.vision_tower_name!r} (mm_vision_tower): missing "
+                f"{missing[:5]}, unexpected {unexpected[:5]} (only the layers after mm_vision_select_layer "
+                f"{self.select_layer}, post_layernorm and head may be left out)"
+            )
+        wrong = [k for k, v in stored.items() if tuple(v.shape) != tuple(expected[k].shape)]
+        if wrong:
+            raise ValueError(
+                f"{source}: {wrong[0]} has shape {tuple(stored[wrong[0]].shape)}, the tower "
+                f"{self.vision_tower_name!r} (mm_vision_tower) expects {tuple(expected[wrong[0]].shape)}"
+            )
+        self.vision_tower.load_state_dict(stored, strict=False)
 
     @property
     def trainable(self) -> bool:
