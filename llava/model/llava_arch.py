@@ -5,7 +5,8 @@ It adds no copy of the LLM: its ``forward`` splices image features into the toke
 calls the LLM's own ``forward`` with ``inputs_embeds``. The vision tower and projector live on the
 LLM's inner model (``model.get_model()``), which gets the ``LlavaMetaModel`` methods, so the
 state-dict keys are the original LLaVA ones: ``model.layers.*``, ``model.mm_projector.*``,
-``model.vision_tower.vision_tower.*``, ``lm_head.*``. ``get_parts()`` names the parts (vision tower,
+``model.vision_tower.vision_tower.*``, ``lm_head.*``. Loading and saving: llava.model.llava_loading;
+``<im_start>``/``<im_end>`` tokens: llava.model.vision_tokens. ``get_parts()`` names the parts (vision tower,
 projector, LLM, head: llava.model.parts). The model never sets ``requires_grad``: which parts train is
 the trainer's policy (llava.train.freeze).
 """
@@ -19,24 +20,20 @@ import logging
 import torch
 from torch import nn
 
-from llava.constants import (
-    DEFAULT_IM_END_TOKEN,
-    DEFAULT_IM_START_TOKEN,
-    DEFAULT_IMAGE_PATCH_TOKEN,
-    IMAGE_TOKEN_INDEX,
-)
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.images.grid import VIDEO_CONFIG_DEFAULTS, video_settings
 
-from .checkpoint import fit_tower_keys, load_tensor_file, read_checkpoint_tensors, to_original_tower_layout
-from .image_features import merge_crop_features
+from .image_features import merge_image_features
+from .llava_loading import LlavaLoading
 from .multimodal_encoder.builder import build_vision_tower
-from .multimodal_inputs import splice_image_features
+from .multimodal_inputs import check_modalities, splice_image_features, visual_batch
 from .multimodal_projector.builder import build_vision_projector
 from .packed_inputs import is_packed_batch, layout_for, splice_packed
 from .parts import IMAGE_NEWLINE, PROJECTOR, VISION_TOWER, LlavaParts
+from .video_features import video_features
+from .vision_tokens import VisionTokens
 
 logger = logging.getLogger(__name__)
-
-_HUB_KWARGS = ("revision", "cache_dir", "token", "subfolder")
 
 
 def _newline_parameter(hidden_size: int, like: torch.Tensor | None = None) -> nn.Parameter:
@@ -84,6 +81,9 @@ class LlavaMetaModel:
         cfg.mm_vision_select_layer = getattr(model_args, "mm_vision_select_layer", -2)
         cfg.mm_vision_select_feature = getattr(model_args, "mm_vision_select_feature", None) or "patch"
         cfg.mm_patch_merge_type = getattr(model_args, "mm_patch_merge_type", None) or "flat"
+        for name, default in VIDEO_CONFIG_DEFAULTS.items():  # videos: pooling and newlines (LLaVA-NeXT)
+            setattr(cfg, name, _first_set(getattr(model_args, name, None), getattr(cfg, name, None), default))
+        video_settings(cfg)  # a bad value fails here, naming the field and the valid ones
         ref = self.get_input_embeddings().weight
         if getattr(self, "mm_projector", None) is None:
             self.mm_projector = build_vision_projector(cfg)
@@ -98,6 +98,10 @@ class LlavaMetaModel:
         return tuple(created)
 
 
+def _first_set(*values):
+    return next(v for v in values if v is not None and v != "")
+
+
 @functools.cache
 def llava_inner_class(base_cls: type) -> type:
     """The LLM's inner-model class with the ``LlavaMetaModel`` methods added (no new state)."""
@@ -109,7 +113,7 @@ def _llm_forward_params(cls: type) -> frozenset:
     return frozenset(inspect.signature(super(LlavaMetaForCausalLM, cls).forward).parameters)
 
 
-class LlavaMetaForCausalLM:
+class LlavaMetaForCausalLM(LlavaLoading, VisionTokens):
     """Put in front of a causal-LM class: ``class X(LlavaMetaForCausalLM, LlamaForCausalLM)``."""
 
     # The tower's weights are loaded by ``from_pretrained`` below, after the LLM (see DESIGN.md).
@@ -151,62 +155,6 @@ class LlavaMetaForCausalLM:
         ``model.mm_projector``), known before a model exists: e.g. to keep them out of 4/8-bit quantisation."""
         return (f"{cls.base_model_prefix}.vision_tower", f"{cls.base_model_prefix}.mm_projector")
 
-    # ----- loading -----
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, load_vision_tower: bool = True, **kwargs):
-        """``transformers`` loading, then the vision tower from ``mm_vision_tower``.
-
-        Tower weights stored in the checkpoint (``model.vision_tower.vision_tower.*``) win over
-        the tower folder's. ``load_vision_tower=False`` leaves the tower unloaded.
-        """
-        hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if load_vision_tower:
-            model.attach_vision_tower(pretrained_model_name_or_path, **hub_kwargs)
-        return loaded
-
-    def attach_vision_tower(self, checkpoint=None, **hub_kwargs) -> None:
-        """Load the tower (if the config has one), place it beside the embeddings, apply checkpoint weights."""
-        tower = self.get_vision_tower()
-        if tower is None:
-            return
-        if not tower.is_loaded:
-            tower.load_model()
-        ref = self.get_input_embeddings().weight
-        tower.to(device=ref.device if ref.device.type != "meta" else None)
-        if ref.is_floating_point():
-            tower.to(dtype=ref.dtype)
-        if checkpoint is None:
-            return
-        prefix = f"{self.base_model_prefix}.vision_tower.vision_tower."
-        stored = read_checkpoint_tensors(checkpoint, prefix, **hub_kwargs)
-        if not stored:
-            return
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
-        if is_deepspeed_zero3_enabled():
-            logger.warning("ZeRO-3: vision tower weights stored in %s were not applied", checkpoint)
-            return
-        stored = fit_tower_keys(stored, tower.vision_tower.state_dict().keys())
-        result = tower.vision_tower.load_state_dict(stored, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"vision tower weights in {checkpoint} do not fit the tower {tower.vision_tower_name!r} "
-                f"(mm_vision_tower): missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-            )
-
-    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
-        """``transformers`` saving, with the tower's weights under their original names
-        (``model.vision_tower.vision_tower.vision_model.*``)."""
-        tower = self.get_vision_tower()
-        if tower is not None and tower.is_loaded:
-            state_dict = self.state_dict() if state_dict is None else state_dict
-            state_dict = to_original_tower_layout(
-                state_dict, f"{self.base_model_prefix}.vision_tower.vision_tower."
-            )
-        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
-
     # ----- images -> features -----
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.get_vision_tower()(images)
@@ -214,25 +162,44 @@ class LlavaMetaForCausalLM:
         param = next(projector.parameters(), None)
         return projector(feats.to(param.dtype) if param is not None else feats)
 
-    def image_features(self, images, image_sizes=None) -> list[torch.Tensor]:
-        """One ``[n_i, hidden]`` tensor per image. ``images``: ``[N,3,H,W]``, ``[N,K,3,H,W]`` or a list
-        of ``[3,H,W]`` / ``[K,3,H,W]`` (K crops of one image, merged by ``mm_patch_merge_type``)."""
-        if not (isinstance(images, (list, tuple)) or images.ndim == 5):
-            return list(self.encode_images(images))
-        crops = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
-        feats = self.encode_images(torch.cat(crops, dim=0))
-        per_image = list(torch.split(feats, [c.shape[0] for c in crops], dim=0))
+    def image_features(self, images, image_sizes=None, modalities=None) -> list[torch.Tensor]:
+        """One ``[n_i, hidden]`` tensor per visual, in order (``n_i``: llava.images.grid's counts).
+
+        ``images``: ``[N,3,H,W]``, ``[N,K,3,H,W]`` or a list of ``[3,H,W]`` / ``[K,3,H,W]``; a ``[K,3,H,W]``
+        entry is K anyres crops of one image (merged by ``mm_patch_merge_type``), or K frames of a video when
+        its ``modalities`` entry is "video" (pooled, newlines by ``mm_newline_position``). ``image_sizes``:
+        one (width, height) per visual. Every crop and frame goes through the tower in one call.
+        """
+        batch, counts = visual_batch(images)
+        modalities = check_modalities(modalities, len(counts))
+        if image_sizes is not None and len(image_sizes) != len(counts):
+            raise ValueError(
+                f"{len(image_sizes)} image_sizes were given for {len(counts)} visuals (entries of images); "
+                "give one (width, height) per entry"
+            )
+        per_visual = torch.split(self.encode_images(batch), counts, dim=0)
         tower, cfg = self.get_vision_tower(), self.config
-        return merge_crop_features(
-            per_image,
-            getattr(cfg, "mm_patch_merge_type", None) or "flat",
-            image_sizes=image_sizes,
-            image_aspect_ratio=getattr(cfg, "image_aspect_ratio", None),
-            grid_pinpoints=getattr(cfg, "image_grid_pinpoints", None),
-            patches_per_side=tower.num_patches_per_side,
-            crop_size=tower.image_size,
-            image_newline=getattr(self.get_model(), "image_newline", None),
-        )
+        newline = getattr(self.get_model(), "image_newline", None)
+        video = video_settings(cfg) if "video" in modalities else None
+        out = []
+        for i, (feats, modality) in enumerate(zip(per_visual, modalities)):
+            if modality == "video":
+                side = tower.num_patches_per_side
+                out.append(video_features(feats, side=side, image_newline=newline, **video))
+                continue
+            out.append(
+                merge_image_features(
+                    feats,
+                    getattr(cfg, "mm_patch_merge_type", None),
+                    image_size=image_sizes[i] if image_sizes is not None else None,
+                    image_aspect_ratio=getattr(cfg, "image_aspect_ratio", None),
+                    grid_pinpoints=getattr(cfg, "image_grid_pinpoints", None),
+                    patches_per_side=tower.num_patches_per_side,
+                    crop_size=tower.image_size,
+                    image_newline=newline,
+                )
+            )
+        return out
 
     def _check_no_image_tokens(self, input_ids) -> None:
         if input_ids is None:
@@ -257,6 +224,7 @@ class LlavaMetaForCausalLM:
         labels,
         images,
         image_sizes=None,
+        modalities=None,
         padding_side: str | None = None,
     ):
         """As the original: returns ``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``
@@ -270,7 +238,7 @@ class LlavaMetaForCausalLM:
         side = padding_side or getattr(self.config, "tokenizer_padding_side", None) or "right"
         embeds, mask, positions, new_labels = splice_image_features(
             input_ids,
-            self.image_features(images, image_sizes),
+            self.image_features(images, image_sizes, modalities),
             self.get_input_embeddings(),
             attention_mask=attention_mask,
             labels=labels,
@@ -286,14 +254,14 @@ class LlavaMetaForCausalLM:
         return None, positions, mask, past_key_values, embeds, (new_labels if labels is not None else None)
 
     def prepare_packed_inputs(
-        self, input_ids, position_ids, attention_mask, labels, images, image_sizes=None
+        self, input_ids, position_ids, attention_mask, labels, images, image_sizes=None, modalities=None
     ):
         """The LLM's inputs for a packed batch (several samples per row, ``position_ids`` restarting at
         each): a dict of ``inputs_embeds``, ``position_ids``, ``labels`` and, for flash-style attention,
         the varlen kwargs. See llava.model.packed_inputs."""
         features = None
         if images is not None and self.get_vision_tower() is not None:
-            features = self.image_features(images, image_sizes)
+            features = self.image_features(images, image_sizes, modalities)
         out = splice_packed(
             input_ids,
             position_ids,
@@ -322,12 +290,13 @@ class LlavaMetaForCausalLM:
         return_dict=None,
         cache=None,
         logits_to_keep=0,
+        modalities=None,
         **kwargs,
     ):
         cache = cache if cache is not None else past_key_values
         if inputs_embeds is None and cache is None and is_packed_batch(position_ids, attention_mask):
             packed = self.prepare_packed_inputs(
-                input_ids, position_ids, attention_mask, labels, images, image_sizes
+                input_ids, position_ids, attention_mask, labels, images, image_sizes, modalities
             )
             inputs_embeds, position_ids, labels = (
                 packed.pop(k) for k in ("inputs_embeds", "position_ids", "labels")
@@ -338,7 +307,7 @@ class LlavaMetaForCausalLM:
         elif inputs_embeds is None:
             input_ids, position_ids, attention_mask, cache, inputs_embeds, labels = (
                 self.prepare_inputs_labels_for_multimodal(
-                    input_ids, position_ids, attention_mask, cache, labels, images, image_sizes
+                    input_ids, position_ids, attention_mask, cache, labels, images, image_sizes, modalities
                 )
             )
         params = _llm_forward_params(type(self))
@@ -359,8 +328,10 @@ class LlavaMetaForCausalLM:
         )
 
     @torch.no_grad()
-    def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
+    def generate(self, inputs=None, images=None, image_sizes=None, modalities=None, **kwargs):
         """Generate from ids holding IMAGE_TOKEN_INDEX placeholders; returns only the new token ids.
+
+        ``images``, ``image_sizes`` and ``modalities`` (one "image" | "video" per visual) as in ``forward``.
 
         Batches are left-padded (pass the ``attention_mask``); all ``generate`` options of
         transformers apply (greedy, sampling, ``stop_strings`` with ``tokenizer=``, stopping criteria).
@@ -377,7 +348,7 @@ class LlavaMetaForCausalLM:
         kwargs.pop("position_ids", None)  # recomputed from the attention mask by transformers
         if images is not None and self.get_vision_tower() is not None:
             _, _, mask, _, embeds, _ = self.prepare_inputs_labels_for_multimodal(
-                inputs, None, attention_mask, None, None, images, image_sizes, padding_side="left"
+                inputs, None, attention_mask, None, None, images, image_sizes, modalities, padding_side="left"
             )
             attention_mask = mask if mask is not None else torch.ones(embeds.shape[:2], dtype=torch.long)
         else:
@@ -387,54 +358,3 @@ class LlavaMetaForCausalLM:
                 attention_mask = torch.ones_like(inputs)
         attention_mask = attention_mask.to(device=embeds.device, dtype=torch.long)
         return super().generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
-
-    # ----- tokenizer -----
-    def initialize_vision_tokenizer(
-        self,
-        tokenizer,
-        *,
-        mm_use_im_start_end: bool = False,
-        mm_use_im_patch_token: bool = False,
-        pretrained_adapter: str | None = None,
-    ) -> bool:
-        """Add ``<im_patch>`` / ``<im_start>`` ``<im_end>`` as the original does and size the embeddings.
-
-        The new ``<im_start>``/``<im_end>`` rows start at the mean of the others, then from stage 1's
-        ``model.embed_tokens.weight`` when ``pretrained_adapter`` (its mm_projector.bin) is given.
-        Returns True when it added ``<im_start>``/``<im_end>``: then their input embeddings must learn
-        (the projector stage trains the input embeddings; the caller sets that, see llava.train.freeze).
-        """
-        if mm_use_im_patch_token:
-            tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
-            self._fit_embeddings(len(tokenizer))
-        if not mm_use_im_start_end:
-            return False
-        added = tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
-        self._fit_embeddings(len(tokenizer))
-        new_ids = tokenizer.convert_tokens_to_ids([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN])
-        inp, out = self.get_input_embeddings().weight.data, self.get_output_embeddings().weight.data
-        if added:
-            first = min(new_ids)  # the rows before the added tokens
-            inp[new_ids] = inp[:first].mean(dim=0, keepdim=True)
-            out[new_ids] = out[:first].mean(dim=0, keepdim=True)
-        if pretrained_adapter:
-            stored = load_tensor_file(pretrained_adapter).get("model.embed_tokens.weight")
-            if stored is None:
-                raise ValueError(
-                    f"{pretrained_adapter} has no model.embed_tokens.weight for the <im_start>/<im_end> "
-                    "tokens"
-                )
-            if stored.shape == inp.shape:
-                inp[new_ids] = stored[new_ids].to(inp)
-            elif stored.shape[0] == len(new_ids):
-                inp[new_ids] = stored.to(inp)
-            else:
-                raise ValueError(
-                    f"embed_tokens in {pretrained_adapter} has shape {tuple(stored.shape)}; expected "
-                    f"{tuple(inp.shape)} or {len(new_ids)} rows (the added tokens)"
-                )
-        return True
-
-    def _fit_embeddings(self, vocab: int) -> None:
-        if vocab > self.get_input_embeddings().weight.shape[0]:
-            self.resize_token_embeddings(vocab)

@@ -1,8 +1,8 @@
 """Splice image features into the token embeddings where IMAGE_TOKEN_INDEX stands.
 
 This is the behaviour of the original ``prepare_inputs_labels_for_multimodal`` as a plain function:
-padding is removed (by the attention mask), each image placeholder is replaced by that image's
-feature rows (labels IGNORE_INDEX there), sequences are cut to ``max_length``
+padding is removed (by the attention mask), each image placeholder is replaced by that visual's
+(image's or video's) feature rows (labels IGNORE_INDEX there), sequences are cut to ``max_length``
 (``tokenizer_model_max_length``) and padded again on ``padding_side`` with a fresh attention
 mask and position ids.
 """
@@ -14,6 +14,57 @@ from collections.abc import Callable, Sequence
 import torch
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+MODALITIES = ("image", "video")
+
+
+def visual_batch(images) -> tuple[torch.Tensor, list[int]]:
+    """All crops / frames of ``images`` as one ``[sum_k, 3, H, W]`` batch (one tower call) and each
+    visual's count ``k``. ``images``: ``[N,3,H,W]`` (N single-crop visuals), ``[N,K,3,H,W]``, or a list of
+    ``[3,H,W]`` / ``[K,3,H,W]`` (K anyres crops of one image or K frames of one video)."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 3:
+            return images[None], [1]
+        if images.ndim == 4:
+            return images, [1] * images.shape[0]
+        if images.ndim == 5:
+            return images.flatten(0, 1), [images.shape[1]] * images.shape[0]
+        raise ValueError(f"images has shape {tuple(images.shape)}; expected [N,3,H,W] or [N,K,3,H,W]")
+    if not isinstance(images, (list, tuple)) or not images:
+        raise ValueError(
+            f"images must be a tensor or a non-empty list of tensors, got {type(images).__name__}"
+        )
+    crops = []
+    for i, x in enumerate(images):
+        if not isinstance(x, torch.Tensor) or x.ndim not in (3, 4):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"images[{i}] is {shape}; expected [3,H,W] or [K,3,H,W] (crops or frames)")
+        x = x[None] if x.ndim == 3 else x
+        if crops and x.shape[1:] != crops[0].shape[1:]:
+            raise ValueError(
+                f"images[{i}] has crops of {tuple(x.shape[1:])} but images[0] of {tuple(crops[0].shape[1:])}; "
+                "every crop and frame must have the vision tower's input size"
+            )
+        crops.append(x)
+    return torch.cat(crops, dim=0), [c.shape[0] for c in crops]
+
+
+def check_modalities(modalities, num_visuals: int) -> list[str]:
+    """One "image" | "video" per visual (None: all "image"; one string: that for all)."""
+    if modalities is None:
+        return ["image"] * num_visuals
+    if isinstance(modalities, str):
+        modalities = [modalities] * num_visuals
+    modalities = list(modalities)
+    if len(modalities) != num_visuals:
+        raise ValueError(
+            f"{len(modalities)} modalities were given for {num_visuals} visuals (entries of images); give one "
+            f"'image' or 'video' per entry, in order"
+        )
+    for i, m in enumerate(modalities):
+        if m not in MODALITIES:
+            raise ValueError(f"modalities[{i}] is {m!r}; valid: {', '.join(MODALITIES)}")
+    return modalities
 
 
 def count_image_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[int]:
