@@ -101,9 +101,9 @@ def test_pad_aspect_ratio_pads_with_the_processor_mean(data, processor, tokenize
     # synthetic images are 96x72 (landscape): "pad" adds bands above and below, filled with the mean,
     # which normalises to ~0; "square" centre-crops, so its top row is picture, not the fill colour.
     pad = _args(data, processor, "pretrain", image_aspect_ratio="pad")
-    padded = _dataset(data["pretrain"], tokenizer, pad, processor, "plain")[0]["image"]
+    padded = _dataset(data["pretrain"], tokenizer, pad, processor, "plain")[0]["images"][0]
     square = _args(data, processor, "pretrain", image_aspect_ratio="square")
-    cropped = _dataset(data["pretrain"], tokenizer, square, processor, "plain")[0]["image"]
+    cropped = _dataset(data["pretrain"], tokenizer, square, processor, "plain")[0]["images"][0]
     size = processor.crop_size["height"]
     assert padded.shape == cropped.shape == (3, size, size)
     clean = size * (96 - 72) // 2 // 96 - 2  # padding rows after resizing, less the bicubic blur
@@ -120,8 +120,8 @@ def test_text_only_sample_gets_a_zero_image_when_multimodal(data, processor, tok
     ds = _dataset(data["finetune"], tokenizer, _args(data, processor), processor, "v1")
     i = next(i for i, s in enumerate(ds.list_data_dict) if "image" not in s)
     item = ds[i]
-    assert torch.count_nonzero(item["image"]) == 0
-    assert item["image"].shape == (3, processor.crop_size["height"], processor.crop_size["width"])
+    assert torch.count_nonzero(item["images"][0]) == 0
+    assert item["images"][0].shape == (3, processor.crop_size["height"], processor.crop_size["width"])
     assert not (item["input_ids"] == IMAGE_TOKEN_INDEX).any()
 
 

@@ -93,13 +93,13 @@ def test_dataset_and_collator_keep_a_batch_uint8(tiny_kit, processor, tmp_path):
     table = torch.from_numpy(normalisation_table(processor))
     kinds = set()
     for as_float, as_levels in zip(items[False], items[True]):
-        has_image = as_float["image"].count_nonzero() > 0
+        has_image = as_float["images"][0].count_nonzero() > 0
         kinds.add(bool(has_image))
-        assert as_levels["image"].dtype == torch.uint8
+        assert as_levels["images"][0].dtype == torch.uint8
         if has_image:
-            assert torch.equal(normalise_levels(as_levels["image"], table), as_float["image"])
+            assert torch.equal(normalise_levels(as_levels["images"][0], table), as_float["images"][0])
         else:  # text-only: a zero stand-in in the batch's dtype
-            assert as_levels["image"].count_nonzero() == 0
+            assert as_levels["images"][0].count_nonzero() == 0
     assert kinds == {True, False}  # both kinds were checked
     batch = DataCollatorForSupervisedDataset(tokenizer=tok)(items[True])
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape[0] == len(items[True])

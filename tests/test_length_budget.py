@@ -30,22 +30,30 @@ def test_cost_and_cut_per_image_mode():
     cut_ids, cut_labels = fixed.cut(ids, labels)
     assert cut_ids == ids[:7] and cut_labels == labels[:7] and fixed.sequence_length(cut_ids) == 10
     assert fixed.trained_length(10, 1) == 10
-    # anyres: the image's cost is a lower bound, and the cut counts its placeholder only
-    anyres = LengthBudget.for_images(10, 4, "anyres")
-    assert anyres.cost(3, 1) == 7 and anyres.width(1) == 10 and not anyres.too_long(9, 1)
-    assert anyres.cut(ids, labels) == (ids[:10], labels[:10])
-    with pytest.raises(CutError, match="no target token fits in --model_max_length 10 next to the image's 4"):
+    # per-visual costs (an anyres image's tiles, a video's frames) are exact: the cut counts them all
+    anyres = LengthBudget.for_images(20, 4, "anyres")
+    assert not anyres.fixed_image_cost
+    assert anyres.cost(3, [9]) == 12 and anyres.width([9]) == 12 and anyres.too_long(12, [9])
+    assert anyres.cut(ids, labels, [9]) == (ids[:12], labels[:12])
+    two = [1, IMAGE_TOKEN_INDEX, 2, IMAGE_TOKEN_INDEX, *range(300, 306)]  # 8 text + 2 images
+    assert anyres.sequence_length(two, [5, 6]) == 19 and not anyres.too_long(8, [5, 6])
+    with pytest.raises(ValueError, match="2 image placeholder.*1 visual cost"):
+        anyres.cut(two, two, [5])
+    with pytest.raises(CutError, match=r"no target token fits in --model_max_length 10 next to the 4 tokens"):
         fixed.cut(ids, [IGNORE_INDEX] * len(ids))
     late_image = [*range(300, 309), IMAGE_TOKEN_INDEX, 5]
-    with pytest.raises(CutError, match="would cut off an image"):
+    with pytest.raises(CutError, match="would cut off an image or video"):
         fixed.cut(late_image, late_image)
+    video = [1, IMAGE_TOKEN_INDEX, 2, 3]
+    with pytest.raises(CutError, match=r"1 visual\(s\) take 30 tokens.*lower --frames_upbound"):
+        LengthBudget(20).cut(video, video, [30])
     assert LengthBudget(None).cut(ids, labels) == (ids, labels)
 
 
 def test_check_raises_instead_of_cutting():
     budget = LengthBudget.for_images(10, 4, "square")
     budget.check([1, IMAGE_TOKEN_INDEX, 2, 3, 4, 5, 6])  # 6 text + 4 image: fits
-    match = r"instance 2 is 11 tokens \(7 text \+ 1 image\(s\) x 4\).*budget is 10"
+    match = r"instance 2 is 11 tokens \(7 text \+ 1 visual\(s\): 4\).*budget is 10"
     with pytest.raises(ValueError, match=match):
         budget.check(torch.tensor([1, IMAGE_TOKEN_INDEX, 2, 3, 4, 5, 6, 7]), "instance 2")
 
@@ -102,41 +110,43 @@ def processor(tiny_kit):
     return AutoImageProcessor.from_pretrained(tiny_kit.vision)
 
 
-@pytest.mark.parametrize(("mode", "expected_cut"), [("pad", {"long", "edge", "text-long"}),
-                                                    ("anyres", {"long", "text-long"})])  # fmt: skip
+# anyres: the 20x16 picture takes the one 32x32 grid, base + 1 tile = 2 x 16 tokens (flat merge), exactly
+@pytest.mark.parametrize(("mode", "image_tokens", "expected_cut"),
+                         [("pad", N_IMG, {"long", "edge", "text-long"}),
+                          ("anyres", 2 * N_IMG, {"long", "edge", "text-long"})])  # fmt: skip
 def test_too_long_samples_cut_identically_by_validator_cache_and_dataset(
-    long_samples, llama2_tokenizer, processor, mode, expected_cut
+    long_samples, llama2_tokenizer, processor, mode, image_tokens, expected_cut
 ):
     path, folder, samples = long_samples
-    report = validate(samples, str(folder), llama2_tokenizer, "v1", model_max_length=MAX_LEN,
-                      num_image_tokens=N_IMG, image_aspect_ratio=mode, allow_too_long=True)  # fmt: skip
+    fmt = SampleFormat("v1", MAX_LEN, is_multimodal=True, image_aspect_ratio=mode, num_image_tokens=N_IMG,
+                       image_processor=processor, image_grid_pinpoints=[[32, 32]], crop_size=32)  # fmt: skip
+    report = validate(samples, str(folder), llama2_tokenizer, sample_format=fmt, allow_too_long=True)
     assert {samples[i]["id"] for i in report.cut_to} == expected_cut
     assert sorted(report.cut_to) == sorted(p.index for p in report.problems["too_long"])
 
-    fmt = SampleFormat("v1", MAX_LEN, is_multimodal=True, image_aspect_ratio=mode, num_image_tokens=N_IMG,
-                       image_processor=processor, image_grid_pinpoints=[[32, 64], [64, 32]])  # fmt: skip
     args = DataArguments(data_path=str(path), image_folder=str(folder), lengths_cache_dir=str(folder / "c"))
     ds = LazySupervisedDataset(str(path), llama2_tokenizer, args, fmt)
     ds.prepare()
     per_sample = LazySupervisedDataset(str(path), llama2_tokenizer, args, fmt)  # not prepared: no cache
-    cache = load_or_build(path, samples, llama2_tokenizer, fmt, folder / "c")  # the same cache, read
+    costs = [[image_tokens] if "image" in s else [] for s in samples]
+    cache = load_or_build(path, samples, llama2_tokenizer, fmt, folder / "c", costs)  # the same cache, read
     assert set(cache.cut) == set(report.cut_to) and ds.cut == len(expected_cut)
     budget = fmt.budget
     for i, sample in enumerate(samples):
-        images = int("image" in sample)
         item = ds[i]
         assert torch.equal(item["input_ids"], per_sample[i]["input_ids"])
         measured = {
             "validator": report.cut_to.get(i, report.token_counts[i]),
-            "cache": budget.cost(cache.lengths[i], images),
+            "cache": budget.cost(cache.lengths[i], costs[i]),
             "dataset lengths": ds.lengths[i],
-            "item": budget.sequence_length(item["input_ids"]),
+            "item": budget.sequence_length(item["input_ids"], costs[i]),
+            "item length": item["length"],
         }
         assert len(set(measured.values())) == 1, (sample["id"], measured)
         if i in report.cut_to:
-            assert measured["item"] == (MAX_LEN if mode == "pad" or not images else MAX_LEN - 1 + N_IMG)
+            assert measured["item"] == MAX_LEN
         else:
-            assert measured["item"] == report.token_counts[i] <= MAX_LEN + (N_IMG - 1) * (mode == "anyres")
+            assert measured["item"] == report.token_counts[i] <= MAX_LEN
 
 
 def test_cache_key_follows_the_budget_and_its_code(

@@ -84,9 +84,14 @@ def _data_args(**kw):
         (dict(mm_patch_merge_type="spatial_pad"), {}, r"--mm_patch_merge_type 'spatial_pad' .*flat, spatial, "
          "spatial_unpad"),
         (dict(mm_vision_select_feature="cls"), {}, r"--mm_vision_select_feature 'cls' .*patch, cls_patch"),
-        ({}, dict(image_aspect_ratio="letterbox"), r"--image_aspect_ratio 'letterbox' .*square, pad, anyres"),
+        ({}, dict(image_aspect_ratio="letterbox"), r"--image_aspect_ratio: .*'letterbox'.*square, pad, anyres, "
+         "anyres_max_N"),
         ({}, dict(image_aspect_ratio="anyres"), r"anyres needs --image_grid_pinpoints"),
-        ({}, dict(image_grid_pinpoints="(1x1),...,(6x6)"), r"--image_grid_pinpoints .* does not parse"),
+        ({}, dict(image_aspect_ratio="anyres_max_9"), r"anyres_max_9 needs --image_grid_pinpoints"),
+        ({}, dict(image_grid_pinpoints="(1x),...,(6x)"), r"--image_grid_pinpoints: .* does not parse"),
+        (dict(mm_newline_position="row"), {}, r"--mm_newline_position: .*'row'.*grid, frame, one_token, no_token"),
+        (dict(mm_spatial_pool_mode="mean"), {}, r"--mm_spatial_pool_mode: .*'mean'.*bilinear"),
+        ({}, dict(frames_upbound=-1), r"--frames_upbound must be >= 0"),
         ({}, dict(image_grid_pinpoints="[(336, 672), (672,)]"), r"pairs of positive integers; e\.g\."),
         ({}, dict(image_grid_pinpoints="[]"), r"not a non-empty list"),
     ],
@@ -99,7 +104,8 @@ def test_each_flag_is_checked_naming_the_valid_values(model, data, message):
 
 
 def test_valid_flags_pass():
-    from llava.train.preflight import check_model_flags, parse_grid_pinpoints
+    from llava.images.grid import parse_grid_pinpoints
+    from llava.train.preflight import check_model_flags
 
     for merge in ("flat", "spatial", "spatial_unpad"):
         check_model_flags(
@@ -109,7 +115,8 @@ def test_valid_flags_pass():
     anyres = _data_args(image_aspect_ratio="anyres", image_grid_pinpoints="[(32, 64), [64, 32]]")
     check_model_flags(_model_args(version="v0.5"), anyres)
     assert parse_grid_pinpoints("[(32, 64), [64, 32]]") == [(32, 64), (64, 32)]
-    assert parse_grid_pinpoints(None) is None
+    onevision = _data_args(image_aspect_ratio="anyres_max_9", image_grid_pinpoints="(1x1),...,(6x6)")
+    check_model_flags(_model_args(mm_patch_merge_type="spatial_unpad", mm_newline_position="one_token"), onevision)
 
 
 def test_fp16_without_a_gpu_is_refused():

@@ -239,8 +239,9 @@ def test_preprocess_multimodal():
     assert preprocess_multimodal(copy.deepcopy(src), args, conv="v1_mmtag")[0][0]["value"] == (
         "<Image><image></Image>\nWhat is this?"
     )
+    # several markers are interleaved images: they stay where they are (LLaVA-NeXT)
     two = [[{"from": "human", "value": "<image> and <image>?"}, {"from": "gpt", "value": "b"}]]
-    assert preprocess_multimodal(two, args)[0][0]["value"] == "<image>\n<image>\nand ?"
+    assert preprocess_multimodal(two, args)[0][0]["value"] == "<image> and <image>?"
     off = SimpleNamespace(is_multimodal=False, mm_use_im_start_end=True)
     assert preprocess_multimodal(copy.deepcopy(src), off) == src
 

@@ -67,7 +67,7 @@ def test_dataset_collator_and_cache_read_nothing_from_data_args_after_constructi
     ds.prepare()  # the token cache is built here
     assert len(ds.lengths) == len(ds.modality_lengths) == len(ds)
     items = [ds[i] for i in range(len(ds))]
-    assert {item["image"].dtype for item in items} == {torch.uint8}
+    assert {item["images"][0].dtype for item in items} == {torch.uint8}
     for i, item in enumerate(items):  # the per-sample path (not prepared) reads only the format too
         assert torch.equal(unprepared[i]["input_ids"], item["input_ids"])
     batch = DataCollatorForSupervisedDataset(tokenizer=tokenizer, sample_format=fmt)(items)

@@ -1,4 +1,4 @@
-"""Batching for supervised training: right padding, images batched; the length budget is asserted."""
+"""Batching for supervised training: right padding, visuals batched; the length budget is asserted."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from llava.constants import IGNORE_INDEX
+from llava.data.batch_visuals import batch_visuals, instance_visuals
 from llava.data.length_budget import LengthBudget
 from llava.data.sample_format import SampleFormat
 
@@ -21,8 +22,12 @@ class DataCollatorForSupervisedDataset:
     an instance over it is an error naming its length and the budget, never cut here. Without a
     `sample_format` the budget is `tokenizer.model_max_length`, an image placeholder counted as
     one token. The attention mask comes from the lengths, not from the pad id, so a pad token that
-    also occurs in text (e.g. pad = eos) is still attended to. `images` is one tensor [B, 3, H, W]
-    when all images share a shape, else a list; `image_sizes` lists (w, h).
+    also occurs in text (e.g. pad = eos) is still attended to.
+
+    Visuals: every instance's `images` (one tensor per visual: llava.data.visual_loader) in batch
+    order: one tensor [N, 3, H, W] when all are single-crop images of one shape (LLaVA-1.5), else a
+    list; `image_sizes` lists (w, h) per visual; `modalities` ("image" / "video" per visual) is
+    given when the batch holds a video. Items of the original form (`image`, `image_size`) work too.
 
     With `packing=True` the instances are packed into rows of at most the budget's `max_length`
     tokens the LLM sees (its `image_tokens` per image placeholder): see llava.data.packing.collate_packed.
@@ -53,7 +58,7 @@ class DataCollatorForSupervisedDataset:
         ids = [torch.as_tensor(inst["input_ids"]) for inst in instances]
         labels = [torch.as_tensor(inst["labels"]) for inst in instances]
         for n, (a, b) in enumerate(zip(ids, labels)):
-            budget.check(a, f"instance {n} of the batch")
+            check_fits(budget, instances[n], a, f"instance {n} of the batch")
             if a.shape != b.shape:
                 raise ValueError(
                     f"instance {n}: input_ids {tuple(a.shape)} and labels {tuple(b.shape)} differ"
@@ -64,18 +69,25 @@ class DataCollatorForSupervisedDataset:
         attention_mask = torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]
         batch = dict(input_ids=input_ids, labels=batch_labels, attention_mask=attention_mask)
 
-        with_image = [inst for inst in instances if inst.get("image") is not None]
-        if with_image:
-            if len(with_image) != len(instances):
+        carrying = [instance_visuals(inst) is not None for inst in instances]
+        if any(carrying):
+            if not all(carrying):
                 raise ValueError(
                     "some samples of the batch carry an image and some do not; a multimodal dataset gives "
                     "text-only samples a zero image (data_args.is_multimodal)"
                 )
-            images = [inst["image"] for inst in instances]
-            if all(x.shape == images[0].shape for x in images):
-                batch["images"] = torch.stack(images)
-            else:
-                batch["images"] = images
-            if all("image_size" in inst for inst in instances):
-                batch["image_sizes"] = [tuple(inst["image_size"]) for inst in instances]
+            batch.update(batch_visuals([instance_visuals(inst) for inst in instances]))
         return batch
+
+
+def check_fits(budget: LengthBudget, instance: dict, ids: torch.Tensor, what: str) -> None:
+    """The instance fits the budget: by its `length` (exact, given by the dataset) when it has one."""
+    length = instance.get("length")
+    if length is None:
+        budget.check(ids, what)
+    elif budget.max_length is not None and int(length) > budget.max_length:
+        raise ValueError(
+            f"{what} is {int(length)} tokens (visual tokens included) but the length budget is "
+            f"{budget.max_length} (--model_max_length); the dataset cuts samples to the budget, so this one "
+            "came from elsewhere or was built with another SampleFormat"
+        )

@@ -1,9 +1,10 @@
-"""The training dataset: LCS-558K / mix665k style JSON, tokenised lazily, images from --image_folder.
+"""The training dataset: LCS-558K / mix665k / LLaVA-NeXT / OneVision JSON, tokenised lazily.
 
-A sample is `{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}, ...]}`; samples
-without "image" are text-only. `__getitem__` returns `input_ids` and `labels` (from
-`llava.data.preprocess`) and, for a multimodal model, `image` (a zero image for text-only samples,
-so every sample of a batch carries one). How a sample becomes ids, labels and pixels is the
+A sample is `{"id", "image"?: name or [names], "video"?: name, "conversations": [{"from": "human"|"gpt",
+"value"}, ...]}` (llava.data.visuals); samples with neither are text-only. `__getitem__` returns
+`input_ids`, `labels` (from `llava.data.preprocess`), `length` (the tokens the LLM sees) and, for a
+multimodal model, `images` (one pixel tensor per visual: llava.data.visual_loader), `image_sizes`
+and `modalities` (a zero stand-in image for text-only samples, so every sample carries one). How a sample becomes ids, labels and pixels is the
 `SampleFormat` given to the dataset (llava.data.sample_format); the length budget
 (llava.data.length_budget) cuts each sample once, when it is tokenised. After `prepare()` the ids
 and labels come from the token cache (tokenised once per data file, tokenizer and format:
@@ -25,7 +26,8 @@ from torch.utils.data import Dataset
 
 from llava.data.length_cache import load_or_build
 from llava.data.sample_format import SampleFormat
-from llava.images.transform import ImageTransform
+from llava.data.visual_loader import VisualLoader
+from llava.data.visuals import VisualError, has_visuals, probe, sample_visuals, visual_fields_problem
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +99,11 @@ def check_sample_shape(sample: dict, is_multimodal: bool) -> str | None:
     by `preprocess`, which tokenises the sample.)"""
     if not isinstance(sample.get("conversations"), list) or not sample["conversations"]:
         return "has no 'conversations' list"
-    if "image" in sample:
-        if not isinstance(sample["image"], str):
-            return f"'image' must be one file name, got {sample['image']!r} (multi-image samples are not supported)"
-        if not is_multimodal:
-            return "has an image but the model has no vision tower (pass --vision_tower)"
+    problem = visual_fields_problem(sample)
+    if problem:
+        return problem
+    if has_visuals(sample) and not is_multimodal:
+        return "has an image or video but the model has no vision tower (pass --vision_tower)"
     return None
 
 
@@ -125,13 +127,15 @@ class LazySupervisedDataset(Dataset):
         self.sample_format = sample_format
         self.budget = sample_format.budget
         self.image_folder = data_args.image_folder or ""
+        self.video_folder = getattr(data_args, "video_folder", None)
         self.skip_bad_samples = bool(data_args.skip_bad_samples)
         self.lengths_cache_dir = data_args.lengths_cache_dir
         self.list_data_dict = load_samples(data_path)
         self._text_lengths: list[int] | None = None
         self._tokens = None  # TokenStore after prepare()
         self._token_rows: list[int] | None = None  # sample index -> row of the token store
-        self._transform: ImageTransform | None | bool = False  # False: not built yet
+        self._loader: VisualLoader | None = None  # built on first use
+        self._visual_tokens: list[list[int]] | None = None  # each sample's visual costs, after prepare()
         self._skipped = SharedCounter()  # samples replaced while loading, summed over loader workers
         self._failed: set[int] = set()
         self.cut = 0  # samples the length budget cut (after prepare())
@@ -144,18 +148,28 @@ class LazySupervisedDataset(Dataset):
     def is_multimodal(self) -> bool:
         return self.sample_format.is_multimodal
 
-    def _missing_images(self) -> dict[int, str]:
+    def _visuals(self, sample: dict):
+        return sample_visuals(sample, self.image_folder, self.video_folder)
+
+    def _probe_visuals(self, indices: list[int]) -> tuple[dict[int, str], dict[int, list[int]]]:
+        """({index: why its visuals are unusable}, {index: each visual's tokens}) for `indices`.
+
+        Reads what the token counts need and no more: that image files exist, the header of an
+        anyres image, a video's container (frame count)."""
         from tqdm import tqdm
 
-        folder = self.image_folder
-        errors = {}
-        samples = tqdm(
-            self.list_data_dict, desc="checking image files", mininterval=5, disable=len(self) < 10000
-        )
-        for i, s in enumerate(samples):
-            if isinstance(s.get("image"), str) and not os.path.isfile(os.path.join(folder, s["image"])):
-                errors[i] = f"image file {os.path.join(folder, s['image'])} not found (check --image_folder)"
-        return errors
+        fmt, errors, costs = self.sample_format, {}, {}
+        for i in tqdm(indices, desc="checking visual files", mininterval=5, disable=len(indices) < 10000):
+            sample = self.list_data_dict[i]
+            fixed = fmt.fixed_visual_tokens(sample)
+            try:
+                infos = [probe(v, image_size=fixed is None) for v in self._visuals(sample)]
+            except VisualError as e:
+                errors[i] = str(e)
+                costs[i] = [fmt.single_image_tokens] * len(self._visuals(sample))
+                continue
+            costs[i] = fixed if fixed is not None else fmt.visual_tokens(infos)
+        return errors, costs
 
     def prepare(self) -> None:
         """Count tokens (cached next to the data), check images exist; raise on or drop bad samples."""
@@ -169,12 +183,16 @@ class LazySupervisedDataset(Dataset):
         sample_ids = [s.get("id", f"#{i}") for i, s in enumerate(self.list_data_dict)]
         good = [s for i, s in enumerate(self.list_data_dict) if i not in errors]
         good_index = [i for i in range(len(self.list_data_dict)) if i not in errors]
-        cache = load_or_build(self.data_path, good, self.tokenizer, self.sample_format, self.lengths_cache_dir)
+        file_errors, costs = self._probe_visuals(good_index) if self.is_multimodal else ({}, {})
+        good_costs = [costs.get(i, []) for i in good_index]
+        cache = load_or_build(
+            self.data_path, good, self.tokenizer, self.sample_format, self.lengths_cache_dir, good_costs
+        )
         counts, count_errors = cache.lengths, cache.errors
         lengths = dict(zip(good_index, counts))
         rows = {i: k for k, i in enumerate(good_index)}
-        errors.update({good_index[j]: err for j, err in count_errors.items()})
-        errors.update({i: e for i, e in self._missing_images().items() if i not in errors})
+        errors.update(file_errors)
+        errors.update({good_index[j]: err for j, err in count_errors.items() if good_index[j] not in errors})
         was_cut = {good_index[j] for j in cache.cut} - set(errors)
         if errors:
             self._report(errors)
@@ -182,16 +200,18 @@ class LazySupervisedDataset(Dataset):
             self.list_data_dict = [self.list_data_dict[i] for i in keep]
             lengths = {new: lengths[old] for new, old in enumerate(keep)}
             rows = {new: rows[old] for new, old in enumerate(keep)}
+            costs = {new: costs.get(old, []) for new, old in enumerate(keep)}
             if not self.list_data_dict:
                 raise ValueError(f"no usable samples left in {self.data_path}")
         self._text_lengths = [lengths[i] for i in range(len(self.list_data_dict))]
+        self._visual_tokens = [costs.get(i, []) for i in range(len(self.list_data_dict))]
         self._tokens, self._token_rows = cache.tokens, [rows[i] for i in range(len(self.list_data_dict))]
         self.cut = len(was_cut)
         if was_cut:
             ids = [repr(sample_ids[i]) for i in sorted(was_cut)[:MAX_LISTED_CUT]]
             more = f" and {len(was_cut) - MAX_LISTED_CUT} more" if len(was_cut) > MAX_LISTED_CUT else ""
             logger.warning(
-                "%d of %d samples are longer than --model_max_length %d (image tokens included) and are "
+                "%d of %d samples are longer than --model_max_length %d (visual tokens included) and are "
                 "cut: %s%s (python -m llava.data.validate lists them all)",
                 len(was_cut),
                 len(self),
@@ -222,56 +242,22 @@ class LazySupervisedDataset(Dataset):
 
     @property
     def lengths(self) -> list[int]:
-        """Tokens per sample the model sees after the cut: `LengthBudget.cost` of text and images."""
+        """Tokens per sample the model sees after the cut: `LengthBudget.cost` of text and visuals."""
         self.prepare()
         cost = self.budget.cost
-        return [cost(t, 1 if "image" in s else 0) for t, s in zip(self._text_lengths, self.list_data_dict)]
+        return [cost(t, c) for t, c in zip(self._text_lengths, self._visual_tokens)]
 
     @property
     def modality_lengths(self) -> list[int]:
         """`lengths`, negated for text-only samples (the modality-grouped sampler's input)."""
-        return [n if "image" in s else -n for n, s in zip(self.lengths, self.list_data_dict)]
+        return [n if has_visuals(s) else -n for n, s in zip(self.lengths, self.list_data_dict)]
 
     # ---------------------------------------------------------------- loading
-    def _image(self, i: int, sample: dict):
-        from PIL import Image, UnidentifiedImageError
-
-        from llava.mm_utils import process_images
-
-        processor = self.sample_format.image_processor
-        if processor is None:
-            raise ValueError("the SampleFormat has no image_processor: the model has no vision tower")
-        path = os.path.join(self.image_folder, sample["image"])
-        try:
-            with Image.open(path) as im:
-                im.load()
-                image = im if im.mode == "RGB" else im.convert("RGB")
-        except FileNotFoundError as e:
-            raise self._error(i, f"image file {path} not found (check --image_folder)") from e
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise self._error(i, f"image file {path} cannot be read ({type(e).__name__}: {e})") from e
-        transform = self._image_transform()
-        if transform is None:
-            return process_images([image], processor, self.sample_format)[0], image.size
-        if self.sample_format.uint8_images:
-            return transform.levels(image), image.size
-        return transform(image), image.size
-
-    def _image_transform(self) -> ImageTransform | None:
-        if self._transform is False:
-            self._transform = ImageTransform.from_processor(
-                self.sample_format.image_processor, self.sample_format.image_aspect_ratio
-            )
-        return self._transform
-
-    def _zero_image(self):
-        """The stand-in image of a text-only sample (its features are never used), in the dtype
-        the real images of the batch have."""
-        processor = self.sample_format.image_processor
-        crop = getattr(processor, "crop_size", None) or processor.size
-        h, w = (crop["height"], crop["width"]) if "height" in crop else (crop["shortest_edge"],) * 2
-        uint8 = self.sample_format.uint8_images and self._image_transform() is not None
-        return torch.zeros(3, h, w, dtype=torch.uint8 if uint8 else torch.float32), (w, h)
+    @property
+    def loader(self) -> VisualLoader:
+        if self._loader is None:
+            self._loader = VisualLoader(self.sample_format)
+        return self._loader
 
     def _error(self, i: int, message: str) -> BadSampleError:
         sid = self.list_data_dict[i].get("id", "?")
@@ -287,22 +273,47 @@ class LazySupervisedDataset(Dataset):
         problem = check_sample_shape(sample, self.is_multimodal)
         if problem:
             raise self._error(i, problem)
-        has_image = "image" in sample
         item = {}
-        if has_image:
-            item["image"], item["image_size"] = self._image(i, sample)
+        visuals = self._visuals(sample)
+        if visuals:
+            try:
+                item["images"], item["image_sizes"], item["modalities"] = self.loader.load(visuals)
+            except VisualError as e:
+                raise self._error(i, str(e)) from e
         elif self.is_multimodal:
-            item["image"], item["image_size"] = self._zero_image()
+            image, size = self.loader.stand_in()
+            item["images"], item["image_sizes"], item["modalities"] = [image], [size], ["image"]
         if self._tokens is not None:
             ids, labels = self._tokens.get(self._token_rows[i])
+            costs = self._visual_tokens[i]
         else:  # not prepared: tokenise (and cut) this one sample now, as the token cache does
+            costs = self._costs_of_loaded(sample, item) if visuals else []
             try:
-                ids, labels, _ = self.sample_format.tokenize(sample, self.tokenizer)
+                ids, labels, _ = self.sample_format.tokenize(sample, self.tokenizer, costs)
             except SampleError as e:
                 raise self._error(i, e.reason) from e
             ids, labels = torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
         item["input_ids"], item["labels"] = ids, labels
+        item["length"] = self.budget.sequence_length(ids, costs)
         return item
+
+    def _costs_of_loaded(self, sample: dict, item: dict) -> list[int]:
+        from llava.data.visuals import VisualInfo
+
+        fixed = self.sample_format.fixed_visual_tokens(sample)
+        if fixed is not None:
+            return fixed
+        infos = [
+            VisualInfo(m, tuple(size), frames=x.shape[0] if m == "video" else None)
+            for x, size, m in zip(item["images"], item["image_sizes"], item["modalities"])
+        ]
+        if infos and infos[0].kind == "video":  # the frames are already taken: count them as they are
+            from dataclasses import replace
+
+            return replace(self.sample_format, frames_upbound=0, video_fps=1).visual_tokens(
+                [replace(infos[0], fps=None)]
+            )
+        return self.sample_format.visual_tokens(infos)
 
     @property
     def skipped(self) -> int:
@@ -310,11 +321,11 @@ class LazySupervisedDataset(Dataset):
         return self._skipped.value
 
     def _substitute(self, i: int) -> int:
-        has_image = "image" in self.list_data_dict[i]
+        visual = has_visuals(self.list_data_dict[i])
         n = len(self.list_data_dict)
         for step in range(1, n):
             j = (i + step) % n
-            if j not in self._failed and ("image" in self.list_data_dict[j]) == has_image:
+            if j not in self._failed and has_visuals(self.list_data_dict[j]) == visual:
                 return j
         raise ValueError(f"no usable sample left in {self.data_path} to replace index {i}")
 

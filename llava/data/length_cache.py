@@ -6,7 +6,8 @@ exactly as training does (`SampleFormat.tokenize`: rendered, tokenised and cut o
 budget), which also finds samples whose labels cannot be built before hours of training are spent.
 For 665K samples that takes minutes, so it is done once and cached, keyed by the data file (path,
 size, mtime), the tokenizer (its full serialisation), what of the SampleFormat changes ids
-(`SampleFormat.token_key`: template, `mm_use_im_start_end`, the length budget) and the source of the
+(`SampleFormat.token_key`: template, `mm_use_im_start_end`, the length budget), every sample's visual
+token counts (which move the cut: an anyres image's tiles, a video's frames) and the source of the
 rendering code (templates, preprocess, mm_utils, sample format, length budget); any change gives a
 new cache. Two files per key:
 
@@ -37,7 +38,7 @@ from llava.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 3  # 2: adds the token file; 3: keyed by the SampleFormat, records the cut samples
+CACHE_FORMAT = 4  # 2: the token file; 3: keyed by the SampleFormat, the cut samples; 4: per-visual costs
 PARALLEL_THRESHOLD = 5000  # samples; below this one process is faster than starting workers
 
 
@@ -61,7 +62,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def cache_key(data_path: str | os.PathLike, tokenizer, fmt: SampleFormat) -> str:
+def cache_key(data_path: str | os.PathLike, tokenizer, fmt: SampleFormat, visual_tokens=None) -> str:
+    """`visual_tokens`: each sample's per-visual token counts (None: the format's fixed ones)."""
     st = os.stat(data_path)
     payload = {
         "format": CACHE_FORMAT,
@@ -70,6 +72,8 @@ def cache_key(data_path: str | os.PathLike, tokenizer, fmt: SampleFormat) -> str
         "sample_format": fmt.token_key(),
         "code": code_fingerprint(),
     }
+    if visual_tokens is not None:
+        payload["visual_tokens"] = hashlib.sha256(json.dumps(visual_tokens).encode()).hexdigest()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -120,15 +124,16 @@ class Encoded:
         return 0 if self.ids is None else int((self.ids != IMAGE_TOKEN_INDEX).sum())
 
 
-def encode_sample(sample: dict, tokenizer, fmt: SampleFormat) -> Encoded:
-    """`sample` rendered, tokenised and cut exactly as training does (`SampleFormat.tokenize`)."""
+def encode_sample(sample: dict, tokenizer, fmt: SampleFormat, visual_tokens=None) -> Encoded:
+    """`sample` rendered, tokenised and cut exactly as training does (`SampleFormat.tokenize`, each
+    visual costing `visual_tokens`)."""
     import numpy as np
 
     from llava.constants import IGNORE_INDEX
     from llava.data.preprocess import SampleError
 
     try:
-        ids, labels, cut = fmt.tokenize(sample, tokenizer)
+        ids, labels, cut = fmt.tokenize(sample, tokenizer, visual_tokens)
         ids, labels = np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
     except SampleError as e:
         return Encoded(error=e.reason)
@@ -140,9 +145,9 @@ def encode_sample(sample: dict, tokenizer, fmt: SampleFormat) -> Encoded:
     return Encoded(ids.astype(np.int32), targets, cut=cut)
 
 
-def count_sample(sample: dict, tokenizer, fmt: SampleFormat) -> tuple[int, str | None]:
+def count_sample(sample: dict, tokenizer, fmt: SampleFormat, visual_tokens=None) -> tuple[int, str | None]:
     """(text-token count after the cut, None) or (0, error message) for one sample."""
-    enc = encode_sample(sample, tokenizer, fmt)
+    enc = encode_sample(sample, tokenizer, fmt, visual_tokens)
     return enc.count, enc.error
 
 
@@ -151,21 +156,23 @@ class _Encoder:
     tokenizer: Any
     fmt: SampleFormat
 
-    def __call__(self, samples: list[dict]) -> list[Encoded]:
-        return [encode_sample(s, self.tokenizer, self.fmt) for s in samples]
+    def __call__(self, items: list[tuple[dict, list[int] | None]]) -> list[Encoded]:
+        return [encode_sample(s, self.tokenizer, self.fmt, costs) for s, costs in items]
 
 
 def count_all(
-    samples: list[dict], tokenizer, fmt: SampleFormat, num_workers: int | None = None
+    samples: list[dict], tokenizer, fmt: SampleFormat, num_workers: int | None = None, visual_tokens=None
 ) -> list[Encoded]:
-    """Every sample encoded (ids, targets, count) or failed, in parallel for large files."""
+    """Every sample encoded (ids, targets, count) or failed, in parallel for large files;
+    `visual_tokens`: each sample's per-visual token counts (None: the format's fixed ones)."""
+    samples = list(zip(samples, visual_tokens if visual_tokens is not None else [None] * len(samples)))
     from tqdm import tqdm
 
     encoder = _Encoder(tokenizer, fmt.for_tokens())
     if num_workers is None:
         num_workers = min(os.cpu_count() or 1, 16)
     if len(samples) < PARALLEL_THRESHOLD or num_workers <= 1:
-        return [encoder([s])[0] for s in tqdm(samples, desc="tokenising", mininterval=5)]
+        return [encoder([item])[0] for item in tqdm(samples, desc="tokenising", mininterval=5)]
     import multiprocessing as mp
 
     chunk = max(1, min(2000, len(samples) // (num_workers * 4)))
@@ -210,12 +217,14 @@ def load_or_build(
     tokenizer,
     fmt: SampleFormat,
     cache_dir: str | os.PathLike | None = None,
+    visual_tokens: list[list[int]] | None = None,
 ) -> TokenCache:
     """Counts, errors and tokens of `samples` from the cache; tokenising and caching on a miss.
+    `visual_tokens`: each sample's per-visual token counts (None: the format's fixed ones).
 
     When no cache folder is writable the tokens are kept in a temporary file for this process.
     """
-    key = cache_key(data_path, tokenizer, fmt)
+    key = cache_key(data_path, tokenizer, fmt, visual_tokens)
     candidates = [cache_path(data_path, key, cache_dir)]
     if cache_dir is None:
         candidates.append(cache_path(data_path, key, _fallback_dir()))
@@ -223,7 +232,7 @@ def load_or_build(
         if path.is_file() and (found := _read(path, key, len(samples))) is not None:
             logger.info("tokens of %d samples read from %s", len(samples), path)
             return found
-    results = count_all(samples, tokenizer, fmt)
+    results = count_all(samples, tokenizer, fmt, visual_tokens=visual_tokens)
     lengths = [r.count for r in results]
     errors = {i: r.error for i, r in enumerate(results) if r.error is not None}
     cut = [i for i, r in enumerate(results) if r.cut]

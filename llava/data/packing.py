@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.data.batch_visuals import batch_visuals, instance_visuals
 from llava.data.length_budget import LengthBudget
 
 
@@ -89,12 +90,15 @@ def collate_packed(
     instances: Sequence[dict], pad_id: int, capacity: int, num_image_tokens: int = 0
 ) -> dict[str, torch.Tensor | list]:
     """Pack `instances` (dataset items, already cut to fit `capacity`) into rows by `next_fit`;
-    an instance over `capacity` is a ValueError naming it.
+    an instance over `capacity` is a ValueError naming it. An instance's size is its `length`
+    (the tokens the LLM sees, exact for every visual: the dataset gives it), else its ids with each
+    placeholder counted as `num_image_tokens`.
 
     Returns `input_ids`, `labels`, `attention_mask`, `position_ids` (all [rows, width]) and, when
-    the instances carry images, `images` holding only the real images in the order their
-    placeholders appear (row by row), or one dummy image when no sample of the batch has one, so
-    the vision modules stay in the graph (as the unpacked collator's zero images do).
+    the instances carry visuals, `images` / `image_sizes` / `modalities` (llava.data.batch_visuals)
+    holding only the real visuals in the order their placeholders appear (row by row), or one dummy
+    image when no sample of the batch has one, so the vision modules stay in the graph (as the
+    unpacked collator's zero images do).
     """
     ids = [torch.as_tensor(inst["input_ids"]) for inst in instances]
     labels = [torch.as_tensor(inst["labels"]).clone() for inst in instances]
@@ -104,7 +108,11 @@ def collate_packed(
         if a.numel() == 0:
             raise ValueError(f"instance {n} has no tokens")
         b[0] = IGNORE_INDEX  # never predicted from the previous sample's last token
-    rows = next_fit([llm_length(x, num_image_tokens) for x in ids], capacity)
+    sizes = [
+        int(inst["length"]) if inst.get("length") is not None else llm_length(x, num_image_tokens)
+        for inst, x in zip(instances, ids)
+    ]
+    rows = next_fit(sizes, capacity)
     width = max(sum(len(ids[k]) for k in row) for row in rows)
     shape = (len(rows), width)
     batch_ids = torch.full(shape, pad_id, dtype=torch.long)
@@ -123,17 +131,19 @@ def collate_packed(
         positions[r, at:] = torch.arange(width - at)  # pads: a segment of their own
     batch = dict(input_ids=batch_ids, labels=batch_labels, attention_mask=mask, position_ids=positions)
 
-    if any(inst.get("image") is not None for inst in instances):
+    visuals = [instance_visuals(inst) for inst in instances]
+    if any(v is not None for v in visuals):
         order = [k for row in rows for k in row]
         real = [k for k in order if (ids[k] == IMAGE_TOKEN_INDEX).any()]
-        chosen = real or [next(k for k in order if instances[k].get("image") is not None)]
-        images = [instances[k]["image"] for k in chosen]
-        if any(img is None for img in images):
-            raise ValueError("a sample with an <image> placeholder carries no image")
-        same = all(x.shape == images[0].shape for x in images)
-        batch["images"] = torch.stack(images) if same else images
-        if all("image_size" in instances[k] for k in chosen):
-            batch["image_sizes"] = [tuple(instances[k]["image_size"]) for k in chosen]
+        for k in real:
+            if visuals[k] is None:
+                raise ValueError(f"instance {k} has an <image> placeholder but carries no image")
+        if real:
+            chosen = [visuals[k] for k in real]
+        else:  # one stand-in keeps the vision modules in the graph
+            first = next(v for v in visuals if v is not None)
+            chosen = [([first[0][0]], None if first[1] is None else [first[1][0]], [first[2][0]])]
+        batch.update(batch_visuals(chosen))
     return batch
 
 

@@ -14,7 +14,8 @@ silently. Differences from the original LLaVA `preprocess`, on purpose:
 - v0/SINGLE templates train on `get_prompt()` text (the original used a separate "### " format).
 - A batch of N > 1 samples is right-padded (ids with the pad id, or 0 when the tokenizer has none;
   labels with IGNORE_INDEX) instead of failing in torch.stack; the dataset passes N = 1.
-- `preprocess_multimodal` keeps the number of `<image>` markers (the original merged them into one).
+- `preprocess_multimodal` keeps the number of `<image>` markers (the original merged them into one),
+  and leaves several markers of one turn in place (interleaved images, as LLaVA-NeXT).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def resolve_conversation(conv: Conversation | str | None, tokenizer=None) -> Con
 
 
 def preprocess_multimodal(sources, data_args, conv: Conversation | str | None = None):
-    """Move `<image>` to the front of its turn (followed by a newline) and wrap it as configured.
+    """Move a turn's one `<image>` to its front (followed by a newline) and wrap markers as configured.
+
+    A turn with several markers (interleaved images) keeps them where they stand, as LLaVA-NeXT does.
 
     `data_args`: any object with `is_multimodal` and `mm_use_im_start_end` (a SampleFormat, or the
     original's DataArguments). `is_multimodal` False leaves sources untouched; `mm_use_im_start_end`
@@ -75,9 +78,11 @@ def preprocess_multimodal(sources, data_args, conv: Conversation | str | None = 
         for sentence in source:
             value = sentence["value"]
             count = value.count(DEFAULT_IMAGE_TOKEN)
-            if count:
+            if count == 1:  # as LLaVA-1.5: the one marker moves to the front of its turn
                 rest = value.replace(DEFAULT_IMAGE_TOKEN, "").strip()
-                value = ((DEFAULT_IMAGE_TOKEN + "\n") * count + rest).strip()
+                value = (DEFAULT_IMAGE_TOKEN + "\n" + rest).strip()
+            # several markers are interleaved with the text and stay where they are (LLaVA-NeXT)
+            if count:
                 if "mmtag" in version:
                     value = value.replace(DEFAULT_IMAGE_TOKEN, "<Image>" + DEFAULT_IMAGE_TOKEN + "</Image>")
             if getattr(data_args, "mm_use_im_start_end", False):

@@ -43,6 +43,17 @@ class ModelArguments:
     unfreeze_mm_vision_tower: bool = field(
         default=False, metadata={"help": "Also train the vision tower (see --mm_vision_tower_lr)."}
     )
+    # Video features (LLaVA-NeXT / OneVision): each frame's features pooled, newline tokens placed.
+    mm_newline_position: Optional[str] = field(
+        default="grid",
+        metadata={"help": "Video newline tokens: grid (after each row of each frame), frame, one_token, no_token."},
+    )
+    mm_spatial_pool_stride: Optional[int] = field(
+        default=2, metadata={"help": "Video frames' features are pooled by this stride in both directions."}
+    )
+    mm_spatial_pool_mode: str = field(
+        default="bilinear", metadata={"help": "Video feature pooling: bilinear, average or max."}
+    )
 
 
 @dataclass
@@ -54,9 +65,25 @@ class DataArguments:
     # Accepted as in the original; training takes it from --vision_tower (llava.data.sample_format).
     is_multimodal: bool = False
     image_folder: Optional[str] = field(default=None)
-    image_aspect_ratio: str = field(default="square", metadata={"help": "square, pad or anyres."})
+    image_aspect_ratio: str = field(
+        default="square", metadata={"help": "square, pad, anyres or anyres_max_N (at most N tiles' worth of tokens)."}
+    )
     image_grid_pinpoints: Optional[str] = field(
-        default=None, metadata={"help": "anyres resolutions, e.g. '[(336, 672), (672, 336), (672, 672)]'."}
+        default=None,
+        metadata={
+            "help": "anyres resolutions, e.g. '[(336, 672), (672, 336), (672, 672)]', or a tile grid range "
+            "'(1x1),...,(6x6)' (each in units of the tower's image size)."
+        },
+    )
+    video_folder: Optional[str] = field(
+        default=None, metadata={"help": "Folder the samples' 'video' paths are relative to."}
+    )
+    frames_upbound: int = field(
+        default=0, metadata={"help": "At most this many frames per video, sampled uniformly (0: no bound)."}
+    )
+    video_fps: int = field(default=1, metadata={"help": "Frames per second taken from a video before the bound."})
+    force_sample: bool = field(
+        default=False, metadata={"help": "Always sample exactly --frames_upbound frames, however short the video."}
     )
     skip_bad_samples: bool = field(
         default=False,

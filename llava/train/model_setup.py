@@ -186,6 +186,10 @@ def setup_vision(model, tokenizer, model_args, data_args, training_args) -> tupl
     cfg = model.config
     cfg.image_aspect_ratio = data_args.image_aspect_ratio
     cfg.image_grid_pinpoints = data_args.image_grid_pinpoints
+    # How videos are sampled: serving and evaluation sample frames the way training did.
+    cfg.frames_upbound = data_args.frames_upbound
+    cfg.video_fps = data_args.video_fps
+    cfg.force_sample = data_args.force_sample
     cfg.tokenizer_padding_side = tokenizer.padding_side
     cfg.tokenizer_model_max_length = tokenizer.model_max_length
 

@@ -1,6 +1,5 @@
 """Checks run right after the command line is parsed, before minutes go into loading models.
 
-- flags of different groups that cannot go together;
 - `--report_to wandb` (the published scripts' setting) without wandb installed, or without a W&B
   key where wandb cannot ask for one (no terminal): wandb would fail only when training begins;
 - each model and data flag against the values the code supports (`check_model_flags`): --version,
@@ -21,18 +20,6 @@ import sys
 from urllib.parse import urlparse
 
 _WANDB_NO_KEY_MODES = ("offline", "disabled", "dryrun")
-
-
-def check_flag_combinations(data_args, training_args) -> None:
-    from llava.data.length_budget import FIXED_COST_MODES
-
-    mode = data_args.image_aspect_ratio
-    if getattr(training_args, "packing", False) and mode not in FIXED_COST_MODES:
-        raise ValueError(
-            f"--packing True with --image_aspect_ratio {mode}: packing counts the tower's fixed number of "
-            "tokens per image (llava.data.length_budget), while anyres gives each image as many as its "
-            "tiles; use one or the other"
-        )
 
 
 def _wandb_key_in_netrc(host: str) -> bool:
@@ -76,7 +63,14 @@ def check_model_flags(model_args, data_args) -> None:
 
     from llava.conversation import get_conv_template
     from llava.data.sample_format import template_for_version
-    from llava.images.process import IMAGE_ASPECT_RATIOS
+    from llava.images.grid import (
+        check_image_aspect_ratio,
+        check_newline_position,
+        check_pool_mode,
+        check_pool_stride,
+        is_anyres,
+        parse_grid_pinpoints,
+    )
     from llava.model.image_features import MERGE_TYPES
     from llava.model.multimodal_encoder.vision_tower import SELECT_FEATURES
     from llava.model.multimodal_projector.builder import build_vision_projector
@@ -95,44 +89,31 @@ def check_model_flags(model_args, data_args) -> None:
             f"--mm_vision_select_feature {feature!r} is not supported; valid: {', '.join(SELECT_FEATURES)}"
         )
     mode = data_args.image_aspect_ratio
-    if mode not in IMAGE_ASPECT_RATIOS:
-        valid = ", ".join(m for m in IMAGE_ASPECT_RATIOS if m)
-        raise ValueError(f"--image_aspect_ratio {mode!r} is not supported; valid: {valid}")
-    pinpoints = parse_grid_pinpoints(data_args.image_grid_pinpoints)
-    if mode == "anyres" and not pinpoints:
-        raise ValueError(
-            "--image_aspect_ratio anyres needs --image_grid_pinpoints, the tile grid's resolutions "
-            "as (width, height) pairs, e.g. '[(336, 672), (672, 336), (672, 672)]'"
-        )
-
-
-def parse_grid_pinpoints(value) -> list[tuple[int, int]] | None:
-    """--image_grid_pinpoints as a list of (width, height) pairs of positive integers, or None."""
-    import ast
-
-    if value is None or value == "":
-        return None
-    example = "e.g. '[(336, 672), (672, 336), (672, 672)]'"
     try:
-        parsed = ast.literal_eval(value) if isinstance(value, str) else value
-    except (ValueError, SyntaxError) as err:
+        check_image_aspect_ratio(mode)
+    except ValueError as err:
+        raise ValueError(f"--image_aspect_ratio: {err}") from None
+    if data_args.image_grid_pinpoints not in (None, ""):
+        try:
+            parse_grid_pinpoints(data_args.image_grid_pinpoints, crop_size=336)  # the size only scales tiles
+        except ValueError as err:
+            raise ValueError(f"--image_grid_pinpoints: {err}") from None
+    elif is_anyres(mode):
         raise ValueError(
-            f"--image_grid_pinpoints {value!r} does not parse ({type(err).__name__}); give a list of "
-            f"(width, height) pairs, {example}"
-        ) from None
-    ok = isinstance(parsed, (list, tuple)) and len(parsed) > 0
-    pairs = []
-    for p in parsed if ok else ():
-        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(type(x) is int and x > 0 for x in p)):
-            ok = False
-            break
-        pairs.append((p[0], p[1]))
-    if not ok:
-        raise ValueError(
-            f"--image_grid_pinpoints {value!r} is not a non-empty list of (width, height) pairs of positive "
-            f"integers; {example}"
+            f"--image_aspect_ratio {mode} needs --image_grid_pinpoints, the tile grid's resolutions "
+            "as (width, height) pairs, e.g. '[(336, 672), (672, 336), (672, 672)]', or a tile range '(1x1),...,(6x6)'"
         )
-    return pairs
+    for flag, check in (
+        ("mm_newline_position", check_newline_position),
+        ("mm_spatial_pool_mode", check_pool_mode),
+        ("mm_spatial_pool_stride", check_pool_stride),
+    ):
+        try:
+            check(getattr(model_args, flag, None))
+        except ValueError as err:
+            raise ValueError(f"--{flag}: {err}") from None
+    if int(getattr(data_args, "frames_upbound", 0) or 0) < 0 or int(getattr(data_args, "video_fps", 1) or 0) < 1:
+        raise ValueError("--frames_upbound must be >= 0 (0: no bound) and --video_fps >= 1")
 
 
 def check_files(model_args, data_args) -> None:
@@ -142,9 +123,10 @@ def check_files(model_args, data_args) -> None:
         raise ValueError("--data_path is required: the training JSON (list) or JSON-lines file")
     if not os.path.isfile(data_path):
         raise FileNotFoundError(f"--data_path {data_path} does not exist (or is not a file)")
-    folder = data_args.image_folder
-    if folder and not os.path.isdir(folder):
-        raise FileNotFoundError(f"--image_folder {folder} is not a folder")
+    for flag in ("image_folder", "video_folder"):
+        folder = getattr(data_args, flag, None)
+        if folder and not os.path.isdir(folder):
+            raise FileNotFoundError(f"--{flag} {folder} is not a folder")
     adapter = model_args.pretrain_mm_mlp_adapter
     if adapter and not os.path.isfile(adapter):
         raise FileNotFoundError(
@@ -209,7 +191,6 @@ def check_vision_tower(model_args) -> None:
 
 def preflight(data_args, training_args, model_args=None) -> None:
     """Every check above, cheapest first; `model_args` None skips the model and file checks."""
-    check_flag_combinations(data_args, training_args)
     check_wandb(training_args)
     check_precision(training_args)
     if model_args is not None:

@@ -1,24 +1,25 @@
-"""Check every sample of a LLaVA training file before a long run.
+"""Check every sample of a LLaVA / LLaVA-NeXT / OneVision training file before a long run.
 
     python -m llava.data.validate --data_path llava_v1_5_mix665k.json --image_folder ./playground/data \\
         --version v1 --model_name_or_path lmsys/vicuna-7b-v1.5 --model_max_length 2048 \\
-        [--image_aspect_ratio pad] [--decode_images --num_workers 8] [--output_clean_json clean.json]
+        [--image_aspect_ratio anyres_max_9 --image_grid_pinpoints "(1x1),...,(6x6)" --vision_tower TOWER ...]
+        [--video_folder ./videos --frames_upbound 32] [--image_check decode --num_workers 8]
+        [--output_clean_json clean.json]
 
-Checks: the JSON schema (a list of {"id", "image"?, "conversations": [{"from", "value"}]}), roles
-alternating human/gpt, the `<image>` markers matching the "image" field, the image file existing
-and opening as an image (a header check, by default; every pixel decoded with --decode_images),
-and, with a tokenizer, the sample rendered with the --version template and tokenised as training
-does fitting --model_max_length together with its image tokens (with --allow_too_long, an
-over-long sample is kept only when training's cut of it works). Prints the count of each problem
-with the first sample ids, and writes the samples without errors to --output_clean_json
-(atomically). Exits 1 when any sample has an error. Warnings (missing or duplicate ids) do not
-remove samples.
+Checks: the JSON schema ({"id", "image"?: name or [names], "video"?: name, "conversations": [{"from",
+"value"}]}, not both image and video), roles alternating human/gpt, one `<image>` per image (a video
+takes one), every image existing and opening (a header check; every pixel with --image_check decode),
+every video probed as training probes it (decode: its sampled frames decoded), and, with a tokenizer,
+the sample rendered with the --version template and tokenised as training does fitting
+--model_max_length with its visual tokens (with --allow_too_long an over-long sample is kept when
+training's cut of it works). Prints each problem's count and first sample ids and the samples per
+modality, writes the samples without errors to --output_clean_json (atomically), and exits 1 when any
+sample has an error. Warnings (missing or duplicate ids) do not remove samples.
 
-Token counts equal training's (`tokenizer_image_token` on the rendered prompt, see
-`llava.data.tools.token_counter` for how they are computed quickly); each image adds
---num_image_tokens (576 for CLIP ViT-L/14-336). The flags make the same SampleFormat training
-uses (llava.data.sample_format), and whether a sample is too long, and what training cuts it to,
-is its length budget's answer (llava.data.length_budget), so the validator and the trainer agree.
+Token counts equal training's: the flags (training's names and defaults: llava.data.tools.visual_check)
+make training's SampleFormat, whose `visual_tokens` count each image (anyres: from its size) and video
+(its sampled frames); the text counts as `tokenizer_image_token` (llava.data.tools.token_counter); the
+format's length budget says what is too long and what training cuts it to (llava.data.length_budget).
 "v0" and "v0.5" use the default template, as training does.
 """
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
@@ -41,22 +41,34 @@ from llava.data.preprocess import (
     resolve_conversation,
 )
 from llava.data.sample_format import SampleFormat, template_for_version
-from llava.data.tools.image_check import IMAGE_CHECKS, image_problem
+from llava.data.tools.image_check import IMAGE_CHECKS
 from llava.data.tools.token_counter import PromptTokenCounter
+from llava.data.tools.visual_check import (
+    add_visual_flags,
+    check_format,
+    check_visuals,
+    describe_visuals,
+    sample_format_from_flags,
+)
+from llava.data.visuals import VIDEO, num_visuals, sample_modality, visual_names
 
 # category -> what it means; the order is the order of the report.
 ERRORS = {
-    "schema": "not a sample object with a non-empty 'conversations' list of {'from', 'value'} strings",
+    "schema": "not a sample object with a non-empty 'conversations' list of {'from', 'value'} strings, "
+    "or bad 'image' / 'video' fields",
     "unknown_role": "a turn whose 'from' is not human/gpt (or a leading system turn)",
     "roles_not_alternating": "human and gpt turns do not alternate",
     "empty_turn": "a turn with an empty value",
     "no_reply": "no gpt reply to train on",
-    "image_token_mismatch": "<image> markers do not match the 'image' field",
+    "image_token_mismatch": "<image> markers do not match the 'image' field (one each) or 'video' (one)",
     "missing_image": "image file not found under --image_folder",
     "corrupt_image": "image file is not a readable image (--image_check header; decode: every pixel)",
+    "missing_video": "video file or frames folder not found under --video_folder (else --image_folder)",
+    "corrupt_video": "not a usable video: unreadable, no video stream, a still image or no frames "
+    "(--image_check decode: its sampled frames do not decode)",
     "template_error": "the --version template cannot render the conversation",
-    "too_long": "text + image tokens exceed --model_max_length (training would truncate it)",
-    "cut_fails": "too long, and training's cut would drop its image or every target (even if allowed)",
+    "too_long": "text + visual tokens exceed --model_max_length (training would truncate it)",
+    "cut_fails": "too long, and training's cut would drop an image or video, or every target (even if allowed)",
 }
 WARNINGS = {
     "missing_id": "sample has no 'id'",
@@ -75,9 +87,10 @@ class Problem:
 class ValidationReport:
     total: int
     problems: dict[str, list[Problem]] = field(default_factory=dict)
-    token_counts: dict[int, int] = field(default_factory=dict)  # index -> text + image tokens
+    token_counts: dict[int, int] = field(default_factory=dict)  # index -> text + visual tokens (before a cut)
     cut_to: dict[int, int] = field(default_factory=dict)  # too-long index -> its tokens after training's cut
     tolerated: frozenset[str] = frozenset()  # error categories reported as warnings instead
+    modalities: dict[str, int] = field(default_factory=dict)  # text / image / multi_image / video -> samples
 
     def add(self, category: str, index: int, sample_id, message: str) -> None:
         """Record a problem; the message is prefixed with the sample's id and index."""
@@ -104,6 +117,9 @@ class ValidationReport:
         lines = [
             f"{self.total} samples: {self.total - self.num_errors} usable, {self.num_errors} with errors"
         ]
+        if self.modalities:
+            order = [m for m in ("text", "image", "multi_image", "video") if m in self.modalities]
+            lines.append("by modality: " + ", ".join(f"{m} {self.modalities[m]}" for m in order))
         for title, table in zip(("errors", "warnings"), self._tables()):
             cats = [c for c in table if c in self.problems]
             if cats:
@@ -118,7 +134,7 @@ class ValidationReport:
         if self.token_counts:
             counts = sorted(self.token_counts.values())
             lines.append(
-                f"tokens per sample (text + image): max {counts[-1]}, "
+                f"tokens per sample (text + visual): max {counts[-1]}, "
                 f"p99 {counts[min(len(counts) - 1, int(0.99 * len(counts)))]}, median {counts[len(counts) // 2]}"
             )
         return "\n".join(lines)
@@ -129,7 +145,7 @@ def conversation_problem(sample: dict) -> tuple[str, str] | None:
     """(category, message) of the first structural problem of `sample`, or None.
 
     Follows `preprocess`: an optional leading system turn, a leading gpt turn skipped, then
-    human/gpt alternating; `<image>` markers only in human turns, one per image.
+    human/gpt alternating; `<image>` markers only in human turns, one per image (a video: one).
     """
     shape = check_sample_shape(sample, is_multimodal=True)
     if shape:
@@ -163,34 +179,11 @@ def conversation_problem(sample: dict) -> tuple[str, str] | None:
         markers += value.count(DEFAULT_IMAGE_TOKEN)
     if len(turns) - start < 2:
         return "no_reply", "no gpt reply to train on (need a human turn followed by a gpt turn)"
-    images = 1 if "image" in sample else 0
-    if markers != images:
-        return "image_token_mismatch", f"{markers} {DEFAULT_IMAGE_TOKEN} marker(s) for {images} image(s)"
+    kind, names = visual_names(sample)
+    if markers != len(names):
+        what = "1 video (a video takes one)" if kind == VIDEO else f"{len(names)} image(s)"
+        return "image_token_mismatch", f"{markers} {DEFAULT_IMAGE_TOKEN} marker(s) for {what}"
     return None
-
-
-def _check_images(samples, indices, image_folder, check, num_workers, report) -> set[int]:
-    """Record missing (and, unless `check` is "exists", unreadable) images of the samples at `indices`;
-    returns the bad ones."""
-    paths = {i: os.path.join(image_folder or "", samples[i]["image"]) for i in indices}
-    unique = sorted(set(paths.values()))
-    if check == "exists":
-        results = {path: image_problem(path, check) for path in unique}
-    else:  # PIL decodes (and zlib checks CRCs) without the GIL: threads use the cores
-        from tqdm import tqdm
-
-        desc = "decoding images" if check == "decode" else "checking image headers"
-        with ThreadPoolExecutor(max(1, num_workers)) as pool:
-            found = pool.map(lambda path: image_problem(path, check), unique)
-            results = dict(zip(unique, tqdm(found, total=len(unique), desc=desc, mininterval=2,
-                                            disable=len(unique) < 10000)))  # fmt: skip
-    bad = set()
-    for i, path in paths.items():
-        if results[path]:
-            category, message = results[path]
-            report.add(category, i, samples[i].get("id"), message)
-            bad.add(i)
-    return bad
 
 
 # ------------------------------------------------------------------------------ rendering + token counts
@@ -211,12 +204,12 @@ def render_and_count(samples: list[dict], tokenizer, fmt: SampleFormat):
     conv = resolve_conversation(fmt.template, tokenizer)
     prompts, out = [], []
     for sample in samples:
-        has_image = "image" in sample
+        visuals = num_visuals(sample)
         source = [dict(turn) for turn in sample["conversations"]]
-        if has_image:
+        if visuals:
             source = preprocess_multimodal([source], fmt, conv=conv)[0]
         try:
-            prompt, _ = render_sample(source, tokenizer, conv, int(has_image), sample.get("id"))
+            prompt, _ = render_sample(source, tokenizer, conv, visuals, sample.get("id"))
         except SampleError as e:
             out.append((None, e.reason))
             continue
@@ -258,38 +251,38 @@ def validate(
     allow_too_long: bool = False,
     image_aspect_ratio: str | None = "square",
     image_check: str = "header",
+    *,
+    video_folder: str | None = None,
+    sample_format: SampleFormat | None = None,
 ) -> ValidationReport:
     """Check `samples` (the loaded JSON list); see the module docstring.
 
-    `image_check`: "exists", "header" (default: every image opened and verified) or "decode" (every
-    pixel); `check_images=True` (the old flag) means "decode".
-    `num_workers`: threads checking images, and processes rendering/tokenising files of
-    PARALLEL_THRESHOLD samples or more (worth it on free cores; on a busy machine 1 is faster).
-    With `mm_use_im_start_end` the im_start/im_end tokens are added to `tokenizer`, as training does.
-    `allow_too_long`: over-long samples are warnings (training cuts them) and stay in the clean file;
-    those whose cut fails in training (it would drop the image or leave no target) stay errors
-    ("cut_fails"), found by tokenising and cutting them exactly as the dataset does.
-    The arguments make the SampleFormat training would use (without a model); its length budget
-    decides what is too long, and `report.cut_to` what training cuts each such sample to.
+    `sample_format`: the format to count with (the CLI's: `sample_format_from_flags`); without it
+    `version`, `model_max_length`, `num_image_tokens`, `mm_use_im_start_end` and `image_aspect_ratio`
+    make one. `image_check`: "exists", "header" (default) or "decode" (`check_images=True`, the old flag).
+    `video_folder`: where `video` names are (default `image_folder`, as the dataset). `num_workers`:
+    threads checking files, and processes tokenising files of PARALLEL_THRESHOLD samples or more.
+    With im_start/end the tokens are added to `tokenizer`, as training does. `allow_too_long`:
+    over-long samples are warnings and stay in the clean file, unless training's cut of them fails
+    ("cut_fails": tokenised and cut as the dataset does). `token_counts` are before the cut,
+    `cut_to` after it: the dataset's `lengths` are `cut_to.get(i, token_counts[i])`.
     """
     if image_check not in IMAGE_CHECKS:
         raise ValueError(f"unknown image_check {image_check!r}; valid: {IMAGE_CHECKS}")
     if check_images:
         image_check = "decode"
     report = ValidationReport(total=len(samples), tolerated=frozenset({"too_long"} if allow_too_long else ()))
-    fmt = SampleFormat(  # an unknown --version: ValueError listing the names
-        template_for_version(version),
-        model_max_length,
-        is_multimodal=True,
-        mm_use_im_start_end=mm_use_im_start_end,
-        image_aspect_ratio=image_aspect_ratio,
-        num_image_tokens=num_image_tokens,
-    )
+    fmt = sample_format or SampleFormat(  # an unknown --version: ValueError listing the names
+        template_for_version(version), model_max_length, is_multimodal=True, mm_use_im_start_end=mm_use_im_start_end,
+        image_aspect_ratio=image_aspect_ratio, num_image_tokens=num_image_tokens)  # fmt: skip
+    check_format(fmt)
     budget = fmt.budget
     seen: set = set()
     good = []
     for i, sample in enumerate(samples):
         sid = sample.get("id")
+        modality = sample_modality(sample)
+        report.modalities[modality] = report.modalities.get(modality, 0) + 1
         if sid is None:
             report.add("missing_id", i, None, "no 'id'")
         elif isinstance(sid, (str, int)):
@@ -301,11 +294,13 @@ def validate(
             report.add(problem[0], i, sid, problem[1])
         else:
             good.append(i)
-    with_image = [i for i in good if "image" in samples[i]]
-    bad = _check_images(samples, with_image, image_folder, image_check, num_workers, report)
-    good = [i for i in good if i not in bad]
+    with_visuals = [i for i in good if num_visuals(samples[i])]
+    found = check_visuals(samples, with_visuals, fmt, image_folder, video_folder, image_check, num_workers)
+    for i, (category, message) in sorted(found.problems.items()):
+        report.add(category, i, samples[i].get("id"), message)
+    good = [i for i in good if i not in found.problems]
 
-    if tokenizer is not None and mm_use_im_start_end:
+    if tokenizer is not None and fmt.mm_use_im_start_end:
         tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
     rows = _render_and_count_all([samples[i] for i in good], tokenizer, fmt, num_workers)
     for i, (n, reason) in zip(good, rows):
@@ -314,32 +309,28 @@ def validate(
             report.add("template_error", i, sid, reason)
         if n is None:
             continue
-        images = 1 if "image" in samples[i] else 0
-        text = n - images
-        total = budget.cost(text, images)
+        costs = found.costs.get(i, [])
+        text = n - len(costs)
+        total = budget.cost(text, costs)
         report.token_counts[i] = total
-        if budget.too_long(text, images):
-            failure = _cut_failure(samples[i], tokenizer, fmt)
+        if budget.too_long(text, costs):
+            failure = _cut_failure(samples[i], tokenizer, fmt, costs)
+            what = describe_visuals(samples[i], costs, found.infos.get(i), fmt)
+            message = f"{total} tokens ({text} text + {what}) > --model_max_length {fmt.model_max_length}"
             if failure is not None:
-                message = f"{total} tokens > --model_max_length {model_max_length}: {failure}"
-                report.add("cut_fails", i, sid, message)
+                report.add("cut_fails", i, sid, f"{message}: {failure}")
                 continue
-            report.cut_to[i] = budget.trained_length(text, images)
-            report.add(
-                "too_long",
-                i,
-                sid,
-                f"{total} tokens ({text} text + {total - text} image) > --model_max_length "
-                f"{model_max_length} (training cuts it to {report.cut_to[i]})",
-            )
+            report.cut_to[i] = budget.trained_length(text, costs)
+            report.add("too_long", i, sid, f"{message} (training cuts it to {report.cut_to[i]})")
     return report
 
 
-def _cut_failure(sample: dict, tokenizer, fmt: SampleFormat) -> str | None:
-    """Why training's one cut of this over-long sample fails (it would drop an image or every target),
-    or None: the dataset's own path (`SampleFormat.tokenize`), so the two cannot disagree."""
+def _cut_failure(sample: dict, tokenizer, fmt: SampleFormat, costs: list[int]) -> str | None:
+    """Why training's one cut of this over-long sample fails (it would drop a visual or every target),
+    or None: the dataset's own path (`SampleFormat.tokenize` with the same visual costs), so the two
+    cannot disagree."""
     try:
-        fmt.tokenize(sample, tokenizer)
+        fmt.tokenize(sample, tokenizer, costs)
     except SampleError as e:
         return e.reason
     return None
@@ -362,50 +353,24 @@ def write_clean(samples: list, report: ValidationReport, path: str) -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data_path", required=True, help="the training JSON (list) or JSON-lines file")
-    p.add_argument("--image_folder", default=None, help="folder the 'image' fields are relative to")
-    p.add_argument("--version", default="v1", help="conversation template, as in training (default v1)")
-    p.add_argument(
-        "--model_name_or_path", default=None, help="tokenizer for the length check (skipped without)"
-    )
-    p.add_argument("--model_max_length", type=int, default=2048, help="as in training (LLaVA-1.5: 2048)")
-    p.add_argument("--num_image_tokens", type=int, default=576, help="tokens per image (CLIP-L/336: 576)")
-    p.add_argument("--mm_use_im_start_end", action="store_true")
-    p.add_argument(
-        "--image_aspect_ratio",
-        default="square",
-        help="as in training (square, pad, anyres): anyres images are cut as their placeholder only",
-    )
-    p.add_argument(
-        "--allow_too_long", action="store_true", help="keep over-long samples (training cuts them): a warning"
-    )
-    p.add_argument(
-        "--image_check",
-        choices=IMAGE_CHECKS,
-        default="header",
-        help="exists: the file only; header (default): opened and verified, which finds files that are no "
-        "image and truncated PNGs; decode: every pixel decoded, as training does (slow)",
-    )
-    p.add_argument(
-        "--check_images",  # the old name, kept
-        "--decode_images",
-        dest="decode_images",
-        action="store_true",
-        help="--image_check decode (--check_images: its old name)",
-    )
-    p.add_argument(
-        "--num_workers",
-        type=int,
-        default=1,
-        help="threads decoding images and, for files of 20K+ samples, processes tokenising (use free cores)",
-    )
-    p.add_argument("--output_clean_json", default=None, help="write the samples without errors here")
-    p.add_argument("--max_ids", type=int, default=5, help="sample ids listed per problem")
+    add = p.add_argument
+    add("--data_path", required=True, help="the training JSON (list) or JSON-lines file")
+    add("--image_folder", default=None, help="folder the 'image' fields are relative to")
+    add("--version", default="v1", help="conversation template, as in training (default v1)")
+    add("--model_name_or_path", default=None, help="tokenizer for the length check (skipped without)")
+    add("--model_max_length", type=int, default=2048, help="as in training (LLaVA-1.5: 2048)")
+    add("--allow_too_long", action="store_true", help="keep over-long samples (training cuts them): a warning")  # fmt: skip
+    add_visual_flags(p)  # --video_folder, image modes, tower, video sampling (training's), --image_check
+    add("--num_workers", type=int, default=1,
+        help="threads checking files and, for files of 20K+ samples, processes tokenising (use free cores)")  # fmt: skip
+    add("--output_clean_json", default=None, help="write the samples without errors here")
+    add("--max_ids", type=int, default=5, help="sample ids listed per problem")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    fmt = sample_format_from_flags(args)  # bad flags fail before the file is read
     samples = load_samples(args.data_path)
     tokenizer = None
     if args.model_name_or_path:
@@ -413,21 +378,11 @@ def main(argv=None) -> int:
 
         tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     image_check = "decode" if args.decode_images else args.image_check
-    report = validate(
-        samples,
-        image_folder=args.image_folder,
-        tokenizer=tokenizer,
-        version=args.version,
-        model_max_length=args.model_max_length,
-        num_image_tokens=args.num_image_tokens,
-        image_check=image_check,
-        num_workers=args.num_workers,
-        mm_use_im_start_end=args.mm_use_im_start_end,
-        allow_too_long=args.allow_too_long,
-        image_aspect_ratio=args.image_aspect_ratio,
-    )
+    report = validate(samples, args.image_folder, tokenizer, image_check=image_check, num_workers=args.num_workers,
+                      allow_too_long=args.allow_too_long, video_folder=args.video_folder, sample_format=fmt)  # fmt: skip
     checks = "images " + {"exists": "exist (not opened)", "header": "exist and open (header check)",
                           "decode": "exist and decode"}[image_check]  # fmt: skip
+    checks += ", videos probed" + (" and their sampled frames decoded" if image_check == "decode" else "")
     checks += (
         f", tokens with {args.version!r} <= {args.model_max_length}" if tokenizer else ", no length check"
     )
