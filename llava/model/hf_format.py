@@ -152,68 +152,79 @@ def export_to_hf(model, tokenizer, out_dir, chat_template: str | None = None) ->
     return out
 
 
+def _hf_mm_fields(hcfg, hf_path, vision_tower_name: str | None) -> dict:
+    """The ``mm_*`` fields every llava-hf family maps the same way (tower, projector, feature choice)."""
+    if isinstance(hcfg.vision_feature_layer, (list, tuple)):
+        raise ValueError(
+            f"{hf_path}: llava-hf models with several vision_feature_layer values have no original-format "
+            "equivalent"
+        )
+    fields = dict(
+        mm_vision_tower=vision_tower_name or str(Path(hf_path).resolve()),
+        mm_hidden_size=hcfg.vision_config.hidden_size,
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=hcfg.vision_feature_layer,
+        mm_vision_select_feature="patch" if hcfg.vision_feature_select_strategy == "default" else "cls_patch",
+        mm_use_im_start_end=False,
+        mm_use_im_patch_token=False,
+        use_mm_proj=True,
+        tokenizer_padding_side="right",
+    )
+    if getattr(hcfg, "conv_template", None):  # written by our exporters; llava-hf's own folders lack it
+        fields["conv_template"] = hcfg.conv_template
+    return fields
+
+
+def _llava_from_loaded(hf, hf_path, mm_fields: dict, image_processor):
+    """Our LLaVA class (original layout) holding the weights of a loaded llava-hf model ``hf``."""
+    text = hf.config.text_config.to_dict()
+    cls = llava_class_for_config({"model_type": text["model_type"]})
+    text.pop("model_type", None)
+    text.pop("architectures", None)
+    model = cls._from_config(cls.config_class(**text, **mm_fields), dtype=hf.lm_head.weight.dtype)
+    inner, hproj = model.get_model(), hf.model.multi_modal_projector
+    with torch.no_grad():
+        missing = inner.load_state_dict(hf.model.language_model.state_dict(), strict=False).missing_keys
+        if [k for k in missing if not k.startswith(("mm_projector.", "vision_tower.", "image_newline"))]:
+            raise ValueError(f"{hf_path}: language model weights missing for {missing[:5]}")
+        inner.mm_projector[0].load_state_dict(hproj.linear_1.state_dict())
+        inner.mm_projector[2].load_state_dict(hproj.linear_2.state_dict())
+        if getattr(inner, "image_newline", None) is not None:
+            inner.image_newline.copy_(hf.model.image_newline)
+        model.lm_head.load_state_dict(hf.lm_head.state_dict())
+    inner.get_vision_tower().adopt(hf.model.vision_tower, image_processor)
+    model.generation_config = copy.deepcopy(hf.generation_config)
+    return model.eval()
+
+
+def _refuse_quantization(load_kwargs: dict) -> None:
+    if "quantization_config" in load_kwargs:
+        raise ValueError(
+            "a llava-hf checkpoint cannot be quantized while importing; convert it first with "
+            "import_from_hf(hf_path, out_dir) and load out_dir with load_4bit / load_8bit"
+        )
+
+
 def llava_from_hf(hf_path, vision_tower_name: str | None = None, **load_kwargs):
     """Load a llava-hf folder into our LLaVA class (original layout in memory); returns ``(model, tokenizer)``.
 
     ``vision_tower_name`` becomes ``mm_vision_tower``; by default the llava-hf folder itself,
     which the vision tower loader understands.
     """
-    if "quantization_config" in load_kwargs:
-        raise ValueError(
-            "a llava-hf checkpoint cannot be quantized while importing; convert it first with "
-            "import_from_hf(hf_path, out_dir) and load out_dir with load_4bit / load_8bit"
-        )
+    _refuse_quantization(load_kwargs)
     hf_path = os.fspath(hf_path)
     hf = transformers.LlavaForConditionalGeneration.from_pretrained(hf_path, **load_kwargs)
-    hcfg = hf.config
-    if isinstance(hcfg.vision_feature_layer, (list, tuple)):
-        raise ValueError(
-            "llava-hf models with several vision_feature_layer values have no original-format equivalent"
-        )
-    text = hcfg.text_config.to_dict()
-    cls = llava_class_for_config({"model_type": text["model_type"]})
-    mm_fields = dict(
-        mm_vision_tower=vision_tower_name or str(Path(hf_path).resolve()),
-        mm_hidden_size=hcfg.vision_config.hidden_size,
-        mm_projector_type="mlp2x_gelu",
-        mm_vision_select_layer=hcfg.vision_feature_layer,
-        mm_vision_select_feature="patch" if hcfg.vision_feature_select_strategy == "default" else "cls_patch",
-        mm_patch_merge_type="flat",
-        mm_use_im_start_end=False,
-        mm_use_im_patch_token=False,
-        use_mm_proj=True,
-        image_aspect_ratio="pad",
-        tokenizer_padding_side="right",
-    )
-    if getattr(hcfg, "conv_template", None):  # written by export_to_hf; llava-hf's own folders lack it
-        mm_fields["conv_template"] = hcfg.conv_template
-    text.pop("model_type", None)
-    text.pop("architectures", None)
-    dtype = hf.lm_head.weight.dtype
-    model = cls._from_config(cls.config_class(**text, **mm_fields), dtype=dtype)
-    inner, hproj = model.get_model(), hf.model.multi_modal_projector
-    with torch.no_grad():
-        missing = inner.load_state_dict(hf.model.language_model.state_dict(), strict=False).missing_keys
-        if [k for k in missing if not k.startswith(("mm_projector.", "vision_tower."))]:
-            raise ValueError(f"{hf_path}: language model weights missing for {missing[:5]}")
-        inner.mm_projector[0].load_state_dict(hproj.linear_1.state_dict())
-        inner.mm_projector[2].load_state_dict(hproj.linear_2.state_dict())
-        model.lm_head.load_state_dict(hf.lm_head.state_dict())
+    mm_fields = _hf_mm_fields(hf.config, hf_path, vision_tower_name)
+    mm_fields.update(mm_patch_merge_type="flat", image_aspect_ratio="pad")
     processor = transformers.AutoProcessor.from_pretrained(hf_path)
-    inner.get_vision_tower().adopt(hf.model.vision_tower, processor.image_processor)
-    model.generation_config = copy.deepcopy(hf.generation_config)
-    return model.eval(), processor.tokenizer
+    return _llava_from_loaded(hf, hf_path, mm_fields, processor.image_processor), processor.tokenizer
 
 
-def import_from_hf(hf_path, out_dir, vision_tower_name: str | None = None, **load_kwargs):
-    """Write a llava-hf folder as an original-format LLaVA folder; returns the loaded model.
-
-    Without ``vision_tower_name`` the tower is also written to ``out_dir/vision_tower`` and
-    ``mm_vision_tower`` points there (absolute path).
-    """
+def save_original_format(model, tokenizer, out_dir, vision_tower_name: str | None = None) -> None:
+    """Save an imported model as an original-format folder; without ``vision_tower_name`` the tower
+    goes to ``out_dir/vision_tower`` and ``mm_vision_tower`` points there (absolute path)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = llava_from_hf(hf_path, vision_tower_name, **load_kwargs)
     if vision_tower_name is None:
         tower = model.get_vision_tower()
         tower.vision_tower.save_pretrained(out / "vision_tower")
@@ -222,4 +233,14 @@ def import_from_hf(hf_path, out_dir, vision_tower_name: str | None = None, **loa
         tower.vision_tower_name = model.config.mm_vision_tower
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def import_from_hf(hf_path, out_dir, vision_tower_name: str | None = None, **load_kwargs):
+    """Write a llava-hf folder as an original-format LLaVA folder; returns the loaded model.
+
+    Without ``vision_tower_name`` the tower is also written to ``out_dir/vision_tower`` and
+    ``mm_vision_tower`` points there (absolute path).
+    """
+    model, tokenizer = llava_from_hf(hf_path, vision_tower_name, **load_kwargs)
+    save_original_format(model, tokenizer, out_dir, vision_tower_name)
     return model
