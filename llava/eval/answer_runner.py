@@ -10,6 +10,10 @@ Each answer line is ``{"question_id", "prompt", "text", "answer_id", "model_id",
   Generation stops where the template's assistant turn ends (``Conversation.stop_str``).
 * Greedy decoding by default (``--temperature 0``); ``--temperature > 0`` samples (``--top_p``,
   ``--seed``); ``--num_beams`` for beam search.
+* Questions may hold several images or a video (LLaVA-NeXT's format; see question_sources): one
+  ``<image>`` per visual, pixels by llava.images.inputs (one image by the model's
+  ``image_aspect_ratio``, several each padded, a video's frames sampled by its ``frames_upbound``),
+  ``modalities`` passed to generate when a video is in the batch.
 * ``--num-chunks N --chunk-idx K`` answers the K-th of N contiguous shards (the original's split),
   so N processes (one per GPU) can share a benchmark; concatenating the shard files in order gives
   the full answer file.
@@ -32,7 +36,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
@@ -48,18 +52,29 @@ from llava.utils.jsonfiles import read_jsonl_tolerant
 
 @dataclass
 class EvalItem:
-    """One question to answer. ``text`` is the user message without the image token; ``prompt`` is what
-    the answer file records; ``load_image`` returns the PIL image (None for a text-only question)."""
+    """One question to answer. ``text`` is the user message (``<image>`` markers only where a question
+    with several visuals places them; otherwise they are added at the front); ``prompt`` is what the
+    answer file records. ``load_image`` returns the PIL image (None for a text-only question);
+    ``load_visuals(model_config)`` instead returns several visuals in order (a PIL image each, or a
+    list of PIL frames for a video, sampled by the model's ``frames_upbound``)."""
 
     question_id: Any
     text: str
     prompt: str
     load_image: Callable[[], Any] | None = None
     extra: dict = field(default_factory=dict)  # extra top-level fields of the answer line
+    load_visuals: Callable[[Any], list] | None = None
 
     @property
     def key(self) -> tuple:
         return answer_key({"question_id": self.question_id, "prompt": self.prompt, **self.extra})
+
+    def visuals(self, model_cfg=None) -> list:
+        """The question's visuals in order ([] for a text-only question)."""
+        if self.load_visuals is not None:
+            return list(self.load_visuals(model_cfg))
+        image = self.load_image() if self.load_image is not None else None
+        return [] if image is None else [image]
 
 
 def answer_key(row: dict) -> tuple:
@@ -113,46 +128,66 @@ class AnswerFile:
         self._f.close()
 
 
-def user_message(item: EvalItem, has_image: bool, mm_use_im_start_end: bool) -> str:
-    if not has_image:
-        return item.text
-    image = (
+def user_message(item: EvalItem, visuals: int | bool, mm_use_im_start_end: bool) -> str:
+    """The user turn: ``item.text`` with one ``<image>`` per visual (in place when the text has exactly
+    that many markers, else all at the front), wrapped in im_start/im_end when the model uses them."""
+    n = int(visuals)
+    marker = (
         DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
         if mm_use_im_start_end
         else DEFAULT_IMAGE_TOKEN
     )
-    return f"{image}\n{item.text}"
+    placed = item.text.count(DEFAULT_IMAGE_TOKEN)
+    if n == 0 or placed == 0:
+        return (f"{marker}\n" * n) + item.text
+    if placed != n:
+        raise ValueError(
+            f"question {item.question_id}: its text has {placed} {DEFAULT_IMAGE_TOKEN} marker(s) but it has "
+            f"{n} image(s)/video(s); put one marker per visual, or none to have them put at the front"
+        )
+    return item.text.replace(DEFAULT_IMAGE_TOKEN, marker)
+
+
+class PreparedQuestion(NamedTuple):
+    index: int
+    ids: list
+    pixels: list | None  # one tensor per visual: [3,H,W], [1+K,3,H,W] (anyres) or [F,3,H,W] (video)
+    visuals: tuple | None  # (image_sizes, modalities)
 
 
 class _Prepared:
-    """Turns items into (prompt ids, pixel tensor, image size); usable as a torch Dataset.
+    """Turns items into ``PreparedQuestion``s (prompt ids, pixels per visual); usable as a torch Dataset.
 
     `sample_format` (llava.data.sample_format, built from the loaded model) says how: its template,
-    im_start/im_end use, image processor and image aspect ratio / grid.
+    im_start/im_end use, image processor and image aspect ratio / grid (pixels by llava.images.inputs:
+    one image by the aspect ratio, several padded, a video's frames). `model_cfg` (the model's config)
+    says how a video's frames are sampled (``frames_upbound``).
     """
 
-    def __init__(self, items, tokenizer, sample_format):
+    def __init__(self, items, tokenizer, sample_format, model_cfg=None):
         self.items, self.tokenizer, self.format = items, tokenizer, sample_format
+        self.model_cfg = model_cfg if model_cfg is not None else sample_format
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
         from llava.conversation import get_conv_template
-        from llava.mm_utils import process_images, tokenizer_image_token
+        from llava.images.inputs import prepare_visual_list
+        from llava.mm_utils import tokenizer_image_token
 
         item, fmt = self.items[i], self.format
-        image = item.load_image() if item.load_image is not None else None
-        if image is not None and fmt.image_processor is None:
+        visuals = item.visuals(self.model_cfg)
+        if visuals and fmt.image_processor is None:
             raise ValueError(f"question {item.question_id} has an image but the model has no vision tower")
         conv = get_conv_template(fmt.template, self.tokenizer)
-        conv.append_message(conv.roles[0], user_message(item, image is not None, fmt.mm_use_im_start_end))
+        conv.append_message(conv.roles[0], user_message(item, len(visuals), fmt.mm_use_im_start_end))
         conv.append_message(conv.roles[1], None)
         ids = tokenizer_image_token(conv.get_prompt(), self.tokenizer, IMAGE_TOKEN_INDEX)
-        if image is None:
-            return i, ids, None, None
-        pixels = process_images([image.convert("RGB")], fmt.image_processor, fmt)[0]
-        return i, ids, pixels, image.size
+        if not visuals:
+            return PreparedQuestion(i, ids, None, None)
+        pixels, sizes, modalities = prepare_visual_list(visuals, fmt.image_processor, fmt)
+        return PreparedQuestion(i, ids, list(pixels), (sizes, modalities))
 
 
 def stop_string(conv_mode: str, tokenizer) -> str | None:
@@ -181,27 +216,30 @@ def generation_kwargs(args, tokenizer, stop: str | None) -> dict:
 
 
 def generate_batch(model, tokenizer, batch, gen_kwargs: dict, stop: str | None) -> list[str]:
-    """Answers for a batch of prepared items ``(index, ids, pixels | None, size | None)``, left-padded."""
+    """Answers for a batch of ``PreparedQuestion``s, left-padded; their visuals go in batch order."""
     import torch
 
-    width = max(len(ids) for _, ids, _, _ in batch)
+    width = max(len(q.ids) for q in batch)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (_, ids, _, _) in enumerate(batch):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        mask[row, width - len(ids) :] = 1
-    pixels = [p for _, _, p, _ in batch if p is not None]
-    sizes = [s for _, _, p, s in batch if p is not None]
-    images = None
+    for row, q in enumerate(batch):
+        input_ids[row, width - len(q.ids) :] = torch.tensor(q.ids, dtype=torch.long)
+        mask[row, width - len(q.ids) :] = 1
+    pixels = [p for q in batch if q.pixels for p in q.pixels]
+    sizes = [s for q in batch if q.pixels for s in q.visuals[0]]
+    modalities = [m for q in batch if q.pixels for m in q.visuals[1]]
+    images, extra = None, {}
     if pixels:
         dtype = next(model.parameters()).dtype
         images = [p.to(device=model.device, dtype=dtype) for p in pixels]
         if all(p.shape == pixels[0].shape for p in pixels) and pixels[0].ndim == 3:
             images = torch.stack(images)
+        if "video" in modalities:
+            extra["modalities"] = modalities
     with torch.inference_mode():
         out = model.generate(input_ids.to(model.device), attention_mask=mask.to(model.device), images=images,
-                             image_sizes=sizes or None, **gen_kwargs)  # fmt: skip
+                             image_sizes=sizes or None, **extra, **gen_kwargs)  # fmt: skip
     texts = []
     for text in tokenizer.batch_decode(out, skip_special_tokens=True):
         text = text.strip()
@@ -218,6 +256,8 @@ def add_runner_args(parser: argparse.ArgumentParser, *, question_file: str, max_
     parser.add_argument("--model-path", type=str, default="facebook/opt-350m")
     parser.add_argument("--model-base", type=str, default=None)
     parser.add_argument("--image-folder", type=str, default="")
+    parser.add_argument("--video-folder", type=str, default=None,
+                        help="where questions' `video` files or frame folders are (default: --image-folder)")  # fmt: skip
     parser.add_argument("--question-file", type=str, default=question_file)
     parser.add_argument("--answers-file", type=str, default="answer.jsonl")
     parser.add_argument("--conv-mode", type=str, default=None,
@@ -288,7 +328,7 @@ def run(args, items: Sequence[EvalItem], loaded=None) -> Path:
     sample_format = SampleFormat.for_model(
         model, tokenizer, conv_mode, vision=image_processor is not None, image_processor=image_processor
     )
-    data = _Prepared(todo, tokenizer, sample_format)
+    data = _Prepared(todo, tokenizer, sample_format, model.config)
     loader = DataLoader(
         data, batch_size=max(1, args.batch_size), num_workers=args.num_workers, collate_fn=list
     )
@@ -297,8 +337,8 @@ def run(args, items: Sequence[EvalItem], loaded=None) -> Path:
             for batch in loader:
                 texts = generate_batch(model, tokenizer, batch, gen_kwargs, stop)
                 rows = []
-                for (i, _, _, _), text in zip(batch, texts):
-                    item = todo[i]
+                for q, text in zip(batch, texts):
+                    item = todo[q.index]
                     rows.append({"question_id": item.question_id, **item.extra, "prompt": item.prompt, "text": text,
                                  "answer_id": uuid.uuid4().hex, "model_id": model_name, "metadata": {}})  # fmt: skip
                 answers.write(rows)

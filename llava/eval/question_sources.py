@@ -1,6 +1,10 @@
 """Question files of the benchmarks turned into ``EvalItem``s for the answer runner.
 
 * ``vqa_items``: a question jsonl (``question_id``, ``image``, ``text``), as model_vqa(_loader) read;
+  also LLaVA-NeXT's multi-image and video questions: ``image`` a list of file names (one ``<image>``
+  each, in the text where it places them, else at the front) or ``video`` (a video file or a folder
+  of frames under ``--video-folder``; one ``<image>``), and a JSON list (``.json``) of such questions
+  whose text is the first human turn of ``conversations`` (id: ``question_id``, ``sample_id`` or ``id``);
 * ``science_items``: LLaVA's ScienceQA json (``id``, optional ``image``, ``conversations``);
 * ``mmbench_items``: an MMBench ``.tsv`` (base64 images, options A-D, optional hint), one item per
   rotation of the options with ``all_rounds``.
@@ -33,20 +37,73 @@ def _image_loader(image_folder: str, name, question_id):
     return functools.partial(_open_image, os.path.join(os.path.expanduser(image_folder), name), question_id)
 
 
-def vqa_items(question_file: str, image_folder: str) -> list[EvalItem]:
-    items = []
-    for lineno, q in enumerate(read_jsonl(question_file, "question file"), 1):
-        for key in ("question_id", "text"):
-            if key not in q:
-                raise ValueError(f"{question_file}:{lineno}: question has no {key!r} field")
-        items.append(
-            EvalItem(
-                q["question_id"],
-                q["text"],
-                q["text"],
-                _image_loader(image_folder, q.get("image"), q["question_id"]),
+def _load_visuals(image_paths: list[str], video_path: str | None, question_id, model_cfg) -> list:
+    from llava.images.inputs import load_video
+    from llava.images.video import VideoError
+
+    if video_path is not None:
+        if not os.path.exists(video_path):
+            raise FileNotFoundError(
+                f"question {question_id}: video not found: {video_path} (check --video-folder)"
             )
+        try:
+            return [load_video(video_path, model_cfg)]
+        except VideoError as e:
+            raise ValueError(f"question {question_id}: {e}") from None
+    return [_open_image(p, question_id) for p in image_paths]
+
+
+def _visual_loaders(q: dict, image_folder: str, video_folder: str | None, where: str):
+    """(load_image, load_visuals) of one question: a single image keeps the original's loader."""
+    qid, image, video = _question_id(q, where), q.get("image"), q.get("video")
+    if image and video:
+        raise ValueError(
+            f"{where}: question {qid} has both 'image' and 'video'; a question has one or the other"
         )
+    if video:
+        if not isinstance(video, str):
+            raise ValueError(f"{where}: question {qid}: 'video' must be a file or folder name, got {video!r}")
+        folder = os.path.expanduser(video_folder if video_folder is not None else image_folder)
+        return None, functools.partial(_load_visuals, [], os.path.join(folder, video), qid)
+    if isinstance(image, list):
+        if not image or not all(isinstance(x, str) and x for x in image):
+            raise ValueError(f"{where}: question {qid}: 'image' must be a file name or a list of file names")
+        if len(image) == 1:
+            return _image_loader(image_folder, image[0], qid), None
+        paths = [os.path.join(os.path.expanduser(image_folder), x) for x in image]
+        return None, functools.partial(_load_visuals, paths, None, qid)
+    return _image_loader(image_folder, image, qid), None
+
+
+def _question_id(q: dict, where: str):
+    for key in ("question_id", "sample_id", "id"):
+        if key in q:
+            return q[key]
+    raise ValueError(f"{where}: question has no 'question_id' (or 'sample_id' / 'id') field")
+
+
+def _question_text(q: dict, where: str) -> str:
+    if "text" in q:
+        return q["text"]
+    turns = q.get("conversations")
+    if isinstance(turns, list) and turns and isinstance(turns[0], dict) and "value" in turns[0]:
+        return turns[0]["value"]
+    raise ValueError(f"{where}: question has no 'text' field (nor 'conversations' with a first human turn)")
+
+
+def vqa_items(question_file: str, image_folder: str, video_folder: str | None = None) -> list[EvalItem]:
+    if str(question_file).endswith(".json"):
+        rows = read_json(question_file, "question file")
+        if not isinstance(rows, list):
+            raise ValueError(f"{question_file}: a .json question file must hold a list of questions")
+    else:
+        rows = read_jsonl(question_file, "question file")
+    items = []
+    for lineno, q in enumerate(rows, 1):
+        where = f"{question_file}:{lineno}"
+        qid, text = _question_id(q, where), _question_text(q, where)
+        load_image, load_visuals = _visual_loaders(q, image_folder, video_folder, where)
+        items.append(EvalItem(qid, text, text, load_image, load_visuals=load_visuals))
     return items
 
 

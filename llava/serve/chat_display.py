@@ -1,11 +1,13 @@
-"""How the web demo shows and sends a conversation's images (moved here from `Conversation`).
+"""How the web demo shows and sends a conversation's images and videos (moved here from `Conversation`).
 
-A serving conversation's first user turn may be a `(text, PIL image, image_process_mode)` tuple (the
-web demo's upload). These helpers pad or resize that image as the original demo did, return the
-images of a conversation for a worker request (base64) or for display (PIL), save uploads under
-the log folder, and render the conversation for a Gradio chatbot (`chatbot_messages` for Gradio 6,
-`to_gradio_chatbot` in the original's pairs format). The template (`llava.conversation`) only
-renders text.
+A serving conversation's first user turn may be a `(text, visuals, image_process_mode)` tuple (the
+web demo's upload): `visuals` is one PIL image (the original's shape), or a list of PIL images
+and/or `VideoClip`s; with a list, `text` already holds one `<image>` per visual. These helpers pad
+or resize images as the original demo did, return the visuals of a conversation for a worker
+request (base64; a video as a list of base64 frames) or for display (PIL), render the prompt
+(`prompt_text`), save uploads under the log folder, and render the conversation for a Gradio
+chatbot (`chatbot_messages` for Gradio 6, `to_gradio_chatbot` in the original's pairs format).
+The template (`llava.conversation`) only renders text.
 
     images_b64 = get_images(conv)                  # what /worker_generate_stream takes
     pil_images = get_images(conv, return_pil=True)
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
@@ -25,9 +28,68 @@ from llava.utils.atomic import atomic_path
 IMAGE_PROCESS_MODES = ("Crop", "Resize", "Pad", "Default")
 
 
-def process_image(
-    image, image_process_mode, return_pil=False, image_format="PNG", max_len=1344, min_len=672
-):
+@dataclass
+class VideoClip:
+    """An uploaded video: its file (shown in the chat) and its sampled frames (sent to the worker)."""
+
+    path: str
+    frames: list = field(repr=False)
+
+
+def turn_visuals(msg) -> list:
+    """The visuals of a `(text, visuals, mode)` user turn, as a list."""
+    visuals = msg[1]
+    return list(visuals) if isinstance(visuals, list) else [visuals]
+
+
+def gallery_visuals(gallery, max_video_frames: int = 32) -> list:
+    """The web page's upload box (Gradio Gallery items: PIL images, videos as file paths) as visuals:
+    PIL images, or one `VideoClip` with its frames sampled evenly (at most `max_video_frames`)."""
+    from types import SimpleNamespace
+
+    from llava.images.inputs import load_video
+
+    if gallery is None:
+        return []
+    if not isinstance(gallery, list):  # one image (the original's upload box)
+        return [gallery]
+    visuals = []
+    for item in gallery:
+        media = item[0] if isinstance(item, (tuple, list)) else item
+        if isinstance(media, str):
+            frames = load_video(media, SimpleNamespace(frames_upbound=max_video_frames))
+            visuals.append(VideoClip(media, frames))
+        else:
+            visuals.append(media)
+    videos = sum(isinstance(v, VideoClip) for v in visuals)
+    if videos and len(visuals) > 1:
+        raise ValueError("upload several images, or one video on its own")
+    return visuals
+
+
+def user_turn(text: str, visuals: list, image_process_mode: str):
+    """The user message of a turn: plain text, `(text + "\n<image>", image, mode)` for one image (the
+    original's), `("<image>\n" x n + text, visuals, mode)` for several images or a video."""
+    text = (text or "")[:1536]  # hard cut-off, as the original
+    if not visuals:
+        return text
+    text = text[:1200]
+    if len(visuals) == 1 and not isinstance(visuals[0], VideoClip):
+        return (text if "<image>" in text else text + "\n<image>", visuals[0], image_process_mode)
+    text = text.replace("<image>", "").strip()
+    return ("<image>\n" * len(visuals) + text, list(visuals), image_process_mode)
+
+
+def prompt_text(conv) -> str:
+    """`conv.get_prompt()`, with turns of several visuals (or a video) keeping their `<image>` markers."""
+    if not any(isinstance(m, tuple) and isinstance(m[1], list) for _, m in conv.messages):
+        return conv.get_prompt()
+    plain = conv.copy()
+    plain.messages = [[r, m[0] if isinstance(m, tuple) else m] for r, m in conv.messages]
+    return plain.get_prompt()
+
+
+def process_image(image, image_process_mode, return_pil=False, image_format="PNG", max_len=1344, min_len=672):
     """Pad/resize an uploaded image as the web demo does; base64 string unless `return_pil`."""
     from llava.mm_utils import expand2square
 
@@ -54,12 +116,17 @@ def process_image(
 
 
 def get_images(conv, return_pil=False) -> list:
-    """The images of `conv`'s user turns, processed with each turn's mode (base64 unless `return_pil`)."""
+    """The visuals of `conv`'s user turns, images processed with each turn's mode (base64 unless
+    `return_pil`); a video is a list of its frames."""
     images = []
     for i, (_, msg) in enumerate(conv.messages[conv.offset :]):
         if i % 2 == 0 and isinstance(msg, tuple):
-            _, image, image_process_mode = msg
-            images.append(process_image(image, image_process_mode, return_pil=return_pil))
+            mode = msg[2]
+            for visual in turn_visuals(msg):
+                if isinstance(visual, VideoClip):
+                    images.append([process_image(f, "Default", return_pil=return_pil) for f in visual.frames])
+                else:
+                    images.append(process_image(visual, mode, return_pil=return_pil))
     return images
 
 
@@ -69,10 +136,14 @@ def to_gradio_chatbot(conv) -> list[list]:
     for i, (_, msg) in enumerate(conv.messages[conv.offset :]):
         if i % 2 == 0:
             if isinstance(msg, tuple):
-                msg, image, _ = msg
-                img_b64 = process_image(image, "Default", return_pil=False, image_format="JPEG")
-                img_str = f'<img src="data:image/jpeg;base64,{img_b64}" alt="user upload image" />'
-                msg = img_str + msg.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+                html = ""
+                for visual in turn_visuals(msg):
+                    if isinstance(visual, VideoClip):
+                        html += f"<p>[video {Path(visual.path).name}]</p>"
+                        continue
+                    img_b64 = process_image(visual, "Default", return_pil=False, image_format="JPEG")
+                    html += f'<img src="data:image/jpeg;base64,{img_b64}" alt="user upload image" />'
+                msg = html + msg[0].replace(DEFAULT_IMAGE_TOKEN, "").strip()
             ret.append([msg, None])
         else:
             ret[-1][-1] = msg
@@ -91,16 +162,17 @@ def saved_image_path(image, logdir: str) -> str:
 
 
 def chatbot_messages(state, logdir: str) -> list[dict]:
-    """The conversation as Gradio 6 chat messages (images shown from their saved files)."""
+    """The conversation as Gradio 6 chat messages (images shown from their saved files, videos from theirs)."""
     out: list[dict] = []
     if state is None:
         return out
     for i, (_, msg) in enumerate(state.messages[state.offset :]):
         role = "user" if i % 2 == 0 else "assistant"
         if isinstance(msg, tuple):
-            text, image, _ = msg
-            out.append({"role": role, "content": {"path": saved_image_path(image, logdir)}})
-            msg = text.replace("<image>", "").strip()
+            for visual in turn_visuals(msg):
+                path = visual.path if isinstance(visual, VideoClip) else saved_image_path(visual, logdir)
+                out.append({"role": role, "content": {"path": path}})
+            msg = msg[0].replace("<image>", "").strip()
         if msg is not None:
             out.append({"role": role, "content": msg})
     return out

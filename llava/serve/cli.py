@@ -1,8 +1,12 @@
-"""Chat about one image in the terminal, answers streamed as they are generated.
+"""Chat about images or a video in the terminal, answers streamed as they are generated.
 
     python -m llava.serve.cli --model-path liuhaotian/llava-v1.5-7b --image-file photo.jpg [--load-4bit]
+    python -m llava.serve.cli --model-path PATH --image-file a.jpg --image-file b.jpg   # several images
+    python -m llava.serve.cli --model-path PATH --video-file clip.mp4                    # or a frames folder
 
-Each line read from stdin is one user turn; an empty line or end of input quits. The
+Each line read from stdin is one user turn; an empty line or end of input quits. The first turn
+gets one `<image>` per image (in the order given), or one for the video, at its front. A video's
+frames are sampled as the model was trained (`frames_upbound` in its config, 32 when it has none). The
 conversation template is the one the checkpoint was trained with (`conv_template` in its
 config.json) unless --conv-mode is given; checkpoints without one fall back to the name-based guess.
 """
@@ -30,6 +34,27 @@ def load_image(image_file: str):
     return decode_image_bytes(data, f"--image-file {image_file}")
 
 
+def check_video(path: str) -> None:
+    """Fail fast (before the model loads) when `path` is no readable video or frames folder."""
+    from llava.images.video import VideoError, probe_video
+
+    try:
+        probe_video(path)
+    except VideoError as e:
+        raise SystemExit(f"--video-file {path}: {e}") from None
+
+
+def load_video_file(path: str, model_cfg) -> list:
+    """The frames of `path` sampled as the model was trained (llava.images.inputs.load_video)."""
+    from llava.images.inputs import load_video
+    from llava.images.video import VideoError
+
+    try:
+        return load_video(path, model_cfg)
+    except VideoError as e:
+        raise SystemExit(f"--video-file {path}: {e}") from None
+
+
 def default_device() -> str:
     import torch
 
@@ -41,12 +66,26 @@ def default_device() -> str:
 
 
 def chat(
-    runner, conv, image, temperature: float, max_new_tokens: int, debug: bool = False, stdin=None, stdout=None
+    runner,
+    conv,
+    visuals,
+    temperature: float,
+    max_new_tokens: int,
+    debug: bool = False,
+    stdin=None,
+    stdout=None,
 ):
-    """The read-answer loop; returns the conversation when input ends."""
+    """The read-answer loop; returns the conversation when input ends.
+
+    `visuals`: None, one PIL image, or a list of visuals (a PIL image each, or a list of PIL frames
+    for a video), asked about in the first turn."""
     from llava.serve.inference import RequestError
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if visuals is None:
+        visuals = []
+    elif not isinstance(visuals, list):
+        visuals = [visuals]
     roles = ("user", "assistant") if conv.version == "mpt" else conv.roles
     first = True
     while True:
@@ -57,13 +96,15 @@ def chat(
         if not inp:
             stdout.write("exit...\n")
             return conv
-        if first and image is not None:
-            inp = DEFAULT_IMAGE_TOKEN + "\n" + inp
+        if first and visuals:
+            inp = (DEFAULT_IMAGE_TOKEN + "\n") * len(visuals) + inp
             first = False
         conv.append_message(conv.roles[0], inp)
         conv.append_message(conv.roles[1], None)
         prompt = conv.get_prompt()
-        images = [image] * prompt.count(DEFAULT_IMAGE_TOKEN) if image is not None else []
+        images = list(visuals)
+        if len(visuals) == 1:  # as the original: the one image for every <image> in the prompt
+            images = visuals * prompt.count(DEFAULT_IMAGE_TOKEN)
         stdout.write(f"{roles[1]}: ")
         stdout.flush()
         try:
@@ -100,7 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-path", type=str, default="facebook/opt-350m")
     p.add_argument("--model-base", type=str, default=None)
-    p.add_argument("--image-file", type=str, required=True, help="a local image or an http(s) URL")
+    p.add_argument(
+        "--image-file",
+        type=str,
+        action="append",
+        default=None,
+        help="a local image or an http(s) URL; give it several times for several images (in order)",
+    )
+    p.add_argument(
+        "--video-file",
+        type=str,
+        default=None,
+        help="a video file (mp4, webm, ...) or a folder of frame images, instead of --image-file",
+    )
     p.add_argument(
         "--device", type=str, default=None, help="cuda, cpu or mps (default: cuda if available, else mps/cpu)"
     )
@@ -119,8 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    image = load_image(args.image_file)  # fail fast, before the heavy imports
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.image_file) == bool(args.video_file):
+        parser.error("give --image-file (one or more times) or --video-file")
+    images = [load_image(f) for f in args.image_file or []]  # fail fast, before the heavy imports
+    if args.video_file:
+        check_video(args.video_file)
 
     from llava.conversation import choose_conv_mode, get_conv_template
     from llava.mm_utils import get_model_name_from_path
@@ -139,10 +197,11 @@ def main(argv=None) -> None:
     runner = ModelRunner(tokenizer, model, image_processor, context_len, model_name, conv_template=conv_mode)
     if not runner.is_multimodal:
         raise SystemExit(
-            f"{args.model_path} has no vision tower; the CLI chats about an image and needs a LLaVA model"
+            f"{args.model_path} has no vision tower; the CLI chats about images and needs a LLaVA model"
         )
     conv = get_conv_template(conv_mode, tokenizer)
-    chat(runner, conv, image, args.temperature, args.max_new_tokens, args.debug)
+    visuals = images if images else [load_video_file(args.video_file, model.config)]
+    chat(runner, conv, visuals, args.temperature, args.max_new_tokens, args.debug)
 
 
 if __name__ == "__main__":

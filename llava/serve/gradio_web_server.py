@@ -1,4 +1,4 @@
-"""The Gradio chat page: pick a model, upload an image, chat with streamed answers.
+"""The Gradio chat page: pick a model, upload images or a video, chat with streamed answers.
 
     python -m llava.serve.gradio_web_server --controller-url http://localhost:10000 --model-list-mode reload
 
@@ -7,6 +7,8 @@ once|reload --share --moderate), plus --conv-mode. Talks to the controller and w
 original protocol. Each conversation is rendered in the template the chosen model's worker serves
 (it reports it; the controller's /list_models passes it on) unless --conv-mode names one for all.
 Gradio analytics and update checks are off and the page loads no outside resources.
+The upload box takes one image (processed as the model's image_aspect_ratio says), several images
+(one `<image>` each, in upload order) or one video (frames sampled evenly, at most --max-video-frames).
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from llava.serve import protocol
 from llava.serve.chat_display import (
     IMAGE_PROCESS_MODES,
     chatbot_messages,
+    gallery_visuals,
     get_images,
+    prompt_text,
     saved_image_path,
+    user_turn,
 )
 from llava.serve.conv_mode import remote_conversation
 from llava.serve.logs import build_logger
@@ -50,6 +55,7 @@ class WebSettings:
     logdir: str = LOGDIR
     models: list[str] = field(default_factory=list)
     conv_mode: str | None = None  # --conv-mode: one template for every model
+    max_video_frames: int = 32  # --max-video-frames: frames of an uploaded video sent to the worker
 
 
 def offline_gradio_env() -> None:
@@ -90,7 +96,7 @@ def worker_payload(state, model_name, temperature, top_p, max_new_tokens) -> dic
     """The /worker_generate_stream request for the conversation so far (stop: `state.stop_str`)."""
     return {
         "model": model_name,
-        "prompt": state.get_prompt(),
+        "prompt": prompt_text(state),
         "temperature": float(temperature),
         "top_p": float(top_p),
         "max_new_tokens": min(int(max_new_tokens), 1536),
@@ -176,20 +182,21 @@ class WebUI:
     def add_text(self, state, text, image, image_process_mode):
         state = state if state is not None else self._new_state()
         text = text or ""
-        if not text and image is None:
+        try:
+            visuals = gallery_visuals(image, self.s.max_video_frames)
+        except ValueError as e:  # a video that does not decode, or a video among other uploads
+            gr.Warning(str(e))
+            state.skip_next = True
+            return (state, chatbot_messages(state, self.s.logdir), text, gr.update()) + self._buttons(None)
+        if not text and not visuals:
             state.skip_next = True
             return (state, chatbot_messages(state, self.s.logdir), "", None) + self._buttons(None)
         if self.s.moderate and violates_moderation(text):
             state.skip_next = True
             return (state, chatbot_messages(state, self.s.logdir), moderation_msg, None) + self._buttons(None)
-        text = text[:1536]  # hard cut-off, as the original
-        if image is not None:
-            text = text[:1200]
-            if "<image>" not in text:
-                text = text + "\n<image>"
-            text = (text, image, image_process_mode)
-            state = self._new_state()  # one image per conversation
-        state.append_message(state.roles[0], text)
+        if visuals:
+            state = self._new_state()  # one upload per conversation, as the original
+        state.append_message(state.roles[0], user_turn(text, visuals, image_process_mode))
         state.append_message(state.roles[1], None)
         state.skip_next = False
         return (state, chatbot_messages(state, self.s.logdir), "", None) + self._buttons(False)
@@ -227,7 +234,11 @@ class WebUI:
 
         pload = worker_payload(state, model_name, temperature, top_p, max_new_tokens)
         prompt = pload["prompt"]
-        image_paths = [saved_image_path(im, self.s.logdir) for im in get_images(state, return_pil=True)]
+        image_paths = [
+            saved_image_path(im, self.s.logdir)
+            for im in get_images(state, return_pil=True)
+            if not isinstance(im, list)  # (a video's frames are not saved)
+        ]
         state.messages[-1][-1] = ""
         yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons(False)
         output = ""
@@ -283,7 +294,15 @@ def build_demo(settings: WebSettings, logger=None):
                     container=False,
                     elem_id="model_selector",
                 )
-                imagebox = gr.Image(type="pil", elem_id="imagebox", sources=["upload", "clipboard"])
+                imagebox = gr.Gallery(
+                    type="pil",
+                    file_types=["image", "video"],
+                    interactive=True,
+                    label="Images or a video",
+                    columns=3,
+                    height=260,
+                    elem_id="imagebox",
+                )
                 image_process_mode = gr.Radio(
                     list(IMAGE_PROCESS_MODES),
                     value="Default",
@@ -299,9 +318,9 @@ def build_demo(settings: WebSettings, logger=None):
                 )
                 gr.Examples(
                     examples=[
-                        [str(EXAMPLES_DIR / "extreme_ironing.jpg"), "What is unusual about this image?"],
+                        [[str(EXAMPLES_DIR / "extreme_ironing.jpg")], "What is unusual about this image?"],
                         [
-                            str(EXAMPLES_DIR / "waterview.jpg"),
+                            [str(EXAMPLES_DIR / "waterview.jpg")],
                             "What are the things I should be cautious about when I visit here?",
                         ],
                     ],
@@ -384,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="template for all models (default: the one each model's worker serves)",
     )
+    p.add_argument(
+        "--max-video-frames", type=int, default=32, help="frames of an uploaded video sent on, sampled evenly"
+    )
     return p
 
 
@@ -402,6 +424,7 @@ def main(argv=None) -> None:
         logdir=logdir,
         models=get_model_list(args.controller_url.rstrip("/"), logger),
         conv_mode=args.conv_mode,
+        max_video_frames=args.max_video_frames,
     )
     demo = build_demo(settings, logger)
     demo.queue(default_concurrency_limit=args.concurrency_count, api_open=False).launch(

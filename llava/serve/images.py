@@ -28,10 +28,11 @@ class ImageInputError(ValueError):
     """An image in a request could not be used; the message says which and why."""
 
 
-def decode_image_bytes(
+def open_image_header(
     data: bytes, what: str = "image", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 ) -> Image.Image:
-    """Open `data` as an RGB image, refusing non-images and images larger than `max_pixels`."""
+    """Open `data` lazily (only its header is read): a non-image or an image over `max_pixels` is refused
+    before any pixel is decoded. Finish with `load_rgb`."""
     if not data:
         raise ImageInputError(f"{what} is empty")
     try:
@@ -46,6 +47,11 @@ def decode_image_bytes(
             f"{what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
             "(possible decompression bomb); send a smaller image"
         )
+    return img
+
+
+def load_rgb(img: Image.Image, what: str = "image") -> Image.Image:
+    """Decode the pixels of an image opened by `open_image_header`, as RGB."""
     try:
         img.load()
         return img.convert("RGB")
@@ -53,6 +59,13 @@ def decode_image_bytes(
         raise ImageInputError(f"{what} is too large to decode safely: {e}") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageInputError(f"{what} is truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+def decode_image_bytes(
+    data: bytes, what: str = "image", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
+    """Open `data` as an RGB image, refusing non-images and images larger than `max_pixels`."""
+    return load_rgb(open_image_header(data, what, max_pixels), what)
 
 
 def decode_base64(s: str, what: str = "image") -> bytes:
@@ -69,28 +82,37 @@ def decode_base64(s: str, what: str = "image") -> bytes:
         raise ImageInputError(f"{what} is not valid base64 ({e})") from None
 
 
-def parse_data_url(url: str, what: str = "image") -> bytes:
-    """The bytes of a `data:image/...;base64,...` URL."""
+def parse_data_url(url: str, what: str = "image", media: str = "image") -> bytes:
+    """The bytes of a `data:<media>/...;base64,...` URL (`media`: "image" or "video")."""
     m = _DATA_URL.match(url)
     if not m:
-        raise ImageInputError(f"{what}: malformed data: URL (expected data:image/<type>;base64,<data>)")
+        raise ImageInputError(f"{what}: malformed data: URL (expected data:{media}/<type>;base64,<data>)")
     mime = (m.group("mime") or "").lower()
-    if mime and not mime.startswith("image/"):
-        raise ImageInputError(f"{what}: data: URL has media type {mime!r}, expected image/*")
+    if mime and not mime.startswith(f"{media}/"):
+        raise ImageInputError(f"{what}: data: URL has media type {mime!r}, expected {media}/*")
     if not m.group("b64"):
         raise ImageInputError(f"{what}: data: URL must be base64-encoded (';base64,')")
     return decode_base64(url[m.end() :], what)
+
+
+def data_url_mime(url: str) -> str:
+    """The media type of a data: URL ('' when it names none)."""
+    m = _DATA_URL.match(url)
+    return (m.group("mime") or "").lower() if m else ""
+
+
+def base64_image_bytes(s: str, what: str = "image") -> bytes:
+    """The bytes of a request's base64 image (a bare base64 string or a data:image/... URL)."""
+    if isinstance(s, str) and s.startswith("data:"):
+        return parse_data_url(s, what)
+    return decode_base64(s, what)
 
 
 def load_image_from_base64(
     s: str, what: str = "image", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 ) -> Image.Image:
     """A request's base64 image (a bare base64 string or a data: URL) -> RGB PIL image."""
-    if isinstance(s, str) and s.startswith("data:"):
-        data = parse_data_url(s, what)
-    else:
-        data = decode_base64(s, what)
-    return decode_image_bytes(data, what, max_pixels)
+    return decode_image_bytes(base64_image_bytes(s, what), what, max_pixels)
 
 
 def fetch_image_url(
@@ -118,8 +140,8 @@ def fetch_image_url(
         raise ImageInputError(f"{what}: could not fetch {url} ({type(e).__name__}: {e})") from None
 
 
-def encode_image_base64(img: Image.Image, fmt: str = "PNG") -> str:
+def encode_image_base64(img: Image.Image, fmt: str = "PNG", **save_options) -> str:
     """PIL image -> base64 string (what `/worker_generate_stream` expects in `images`)."""
     buf = io.BytesIO()
-    img.save(buf, format=fmt)
+    img.save(buf, format=fmt, **save_options)
     return base64.b64encode(buf.getvalue()).decode("ascii")

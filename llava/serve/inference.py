@@ -1,8 +1,12 @@
 """Model-side work of a model worker: validate a request, then stream the generated answer.
 
 `ModelRunner.prepare(params)` checks everything that can be wrong with a `/worker_generate_stream`
-request (types, images, `<image>` count, context length) and raises `RequestError` with a message
-for the user; nothing is computed on the model before that. `ModelRunner.stream(prepared)` runs
+request (types, images and videos: their number, frames and pixels (llava.serve.request_visuals),
+`<image>` count, context length with each visual's exact token count) and raises `RequestError` with
+a message for the user; no pixel is processed and nothing is computed on the model before that.
+Visuals become pixels by llava.images.inputs (one image by the model's image_aspect_ratio, several
+padded, a video's frames sampled to the model's `frames_upbound`); `modalities` go to generate when
+a video is among them. `ModelRunner.stream(prepared)` runs
 `model.generate` in a thread with transformers' `TextIteratorStreamer` and yields protocol dicts
 `{"text": prompt + answer so far, "error_code": 0}`. Stop strings are cut without ever sending a
 partial stop string, and generation ends as soon as one appears or the consumer goes away. A request
@@ -17,7 +21,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from llava.constants import (
@@ -27,11 +30,18 @@ from llava.constants import (
     IMAGE_TOKEN_INDEX,
 )
 from llava.data.length_budget import LengthBudget
+from llava.images.inputs import prepare_visual_list, sample_frames, tower_geometry, visual_token_counts
 from llava.serve import protocol
-from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS, ImageInputError, load_image_from_base64
+from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS, ImageInputError
+from llava.serve.request_visuals import (
+    MAX_VISUALS_PER_REQUEST,
+    VisualLimits,
+    count_visuals,
+    decode_request_visuals,
+)
 
 MAX_NEW_TOKENS_CAP = 1024  # the original worker's cap
-MAX_IMAGES_PER_REQUEST = 16
+MAX_IMAGES_PER_REQUEST = MAX_VISUALS_PER_REQUEST  # images + videos (a video counts as one)
 
 
 class RequestError(ValueError):
@@ -121,6 +131,7 @@ class ModelRunner:
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         stream_timeout: float | None = 300.0,
         conv_template: str | None = None,
+        limits: VisualLimits | None = None,
     ):
         from llava.conversation import get_conv_template
 
@@ -131,14 +142,39 @@ class ModelRunner:
         self.context_len = int(context_len)
         self.model_name = model_name
         self.max_image_pixels = max_image_pixels
+        self.limits = limits or VisualLimits(max_image_pixels=max_image_pixels)
         self.stream_timeout = stream_timeout
         tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
         self.vision_tower = tower
         self.is_multimodal = tower is not None and image_processor is not None
 
+    # --- visuals --------------------------------------------------------------------------------
+    def _keep_frames(self, n: int) -> list[int]:
+        """Which of the n frames a client sent for a video are used (the model's frame sampling)."""
+        return sample_frames(n, self.model.config)
+
+    def visual_costs(self, visuals) -> list[int]:
+        """Tokens each visual costs the LLM (llava.images.grid, as the model's merge splices them)."""
+        if not visuals:
+            return []
+        return visual_token_counts(visuals, self.model.config, **tower_geometry(self.vision_tower))
+
+    def pixel_args(self, visuals) -> dict:
+        """`images`, `image_sizes` (and `modalities` when a video is among them) for model.generate."""
+        pixels, sizes, modalities = prepare_visual_list(visuals, self.image_processor, self.model.config)
+        dtype = next(self.model.parameters()).dtype
+        if isinstance(pixels, list):
+            pixels = [t.to(self.model.device, dtype=dtype) for t in pixels]
+        else:
+            pixels = pixels.to(self.model.device, dtype=dtype)
+        args = {"images": pixels, "image_sizes": sizes}
+        if "video" in modalities:
+            args["modalities"] = modalities
+        return args
+
     # --- validation -----------------------------------------------------------------------------
     def prepare(self, params) -> Prepared:
-        from llava.mm_utils import process_images, tokenizer_image_token
+        from llava.mm_utils import tokenizer_image_token
 
         if not isinstance(params, dict):
             raise RequestError("the request body must be a JSON object")
@@ -148,20 +184,18 @@ class ModelRunner:
         prompt = params.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise RequestError("'prompt' must be a non-empty string")
-        images = params.get("images") or []
-        if not isinstance(images, list):
-            raise RequestError("'images' must be a list of base64-encoded images")
-        if len(images) > MAX_IMAGES_PER_REQUEST:
-            raise RequestError(f"{len(images)} images sent; at most {MAX_IMAGES_PER_REQUEST} per request")
+        entries = params.get("images") or []
         n_tokens = prompt.count(DEFAULT_IMAGE_TOKEN)
-        if images and not self.is_multimodal:
+        n_visuals = count_visuals(entries)
+        if entries and not self.is_multimodal:
             raise RequestError(
                 f"model {self.model_name!r} has no vision tower; send the request without images"
             )
-        if len(images) != n_tokens:
+        if isinstance(entries, list) and n_visuals != n_tokens and n_visuals <= self.limits.max_visuals:
+            # (a malformed `images` or too many visuals: the decoding below says so)
             raise RequestError(
-                f"the prompt has {n_tokens} {DEFAULT_IMAGE_TOKEN} token(s) but {len(images)} image(s) were sent; "
-                f"put one {DEFAULT_IMAGE_TOKEN} in the prompt per image"
+                f"the prompt has {n_tokens} {DEFAULT_IMAGE_TOKEN} token(s) but {n_visuals} image(s) were sent; "
+                f"put one {DEFAULT_IMAGE_TOKEN} in the prompt per image (and one per video)"
             )
 
         temperature = _number(params, "temperature", 1.0, float, 0.0, 100.0)
@@ -179,25 +213,12 @@ class ModelRunner:
 
         image_args: dict = {}
         text = prompt
-        if images:
-            pil = []
-            for i, img in enumerate(images):
-                if isinstance(img, Image.Image):  # in-process callers (the CLI) pass PIL images
-                    pil.append(img.convert("RGB"))
-                    continue
-                try:
-                    pil.append(
-                        load_image_from_base64(img, f"image {i + 1} of {len(images)}", self.max_image_pixels)
-                    )
-                except ImageInputError as e:
-                    raise RequestError(str(e)) from None
-            dtype = next(self.model.parameters()).dtype
-            tensors = process_images(pil, self.image_processor, self.model.config)
-            if isinstance(tensors, list):
-                tensors = [t.to(self.model.device, dtype=dtype) for t in tensors]
-            else:
-                tensors = tensors.to(self.model.device, dtype=dtype)
-            image_args = {"images": tensors, "image_sizes": [im.size for im in pil]}
+        visuals = []
+        if entries:
+            try:
+                visuals = decode_request_visuals(entries, self.limits, self._keep_frames)
+            except ImageInputError as e:
+                raise RequestError(str(e)) from None
             if getattr(self.model.config, "mm_use_im_start_end", False):
                 text = text.replace(
                     DEFAULT_IMAGE_TOKEN, DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
@@ -205,17 +226,19 @@ class ModelRunner:
 
         input_ids = tokenizer_image_token(text, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
         input_ids = input_ids.unsqueeze(0).to(self.model.device)
-        per_image = int(getattr(self.vision_tower, "num_image_tokens", 0) or 0)  # as training counts
-        aspect = getattr(self.model.config, "image_aspect_ratio", None)
-        budget = LengthBudget.for_images(self.context_len, per_image, aspect)
-        prompt_tokens = budget.sequence_length(input_ids[0])
+        visual_tokens = self.visual_costs(visuals)
+        prompt_tokens = LengthBudget(self.context_len).sequence_length(input_ids[0], visual_tokens)
+        text_tokens = prompt_tokens - sum(visual_tokens)
         room = self.context_len - prompt_tokens
         if room < 1:
             raise RequestError(
-                f"the prompt is {prompt_tokens} tokens (images included) but the model's context is "
-                f"{self.context_len}; shorten it or start a new conversation"
+                f"the prompt is {prompt_tokens} tokens ({text_tokens} text + {sum(visual_tokens)} for "
+                f"{len(visuals)} image(s)/video(s)) but the model's context is {self.context_len}; "
+                "shorten it, send fewer or smaller images or video frames, or start a new conversation"
             )
         max_new_tokens = min(max_new_tokens, room)
+        if visuals:  # only now, with every check passed, are pixels computed
+            image_args = self.pixel_args(visuals)
 
         do_sample = temperature > 0.001
         gen_kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, use_cache=True)

@@ -4,8 +4,9 @@
         --port 40000 --worker-address http://localhost:40000 --model-path liuhaotian/llava-v1.5-7b
 
 Endpoints (POST, as the original): /worker_generate_stream (request fields: prompt, images
-[base64], temperature, top_p, top_k, max_new_tokens, repetition_penalty, stop; answer: a
-NUL-delimited JSON stream, see llava.serve.protocol) and /worker_get_status. A bad request gets an
+[one entry per <image> in the prompt: a base64 image, or a list of base64 frames for a video],
+temperature, top_p, top_k, max_new_tokens, repetition_penalty, stop; answer: a NUL-delimited JSON
+stream, see llava.serve.protocol) and /worker_get_status. A bad request gets an
 error chunk (HTTP 400) and the worker serves the next one. At most --limit-model-concurrency
 requests generate at once; the rest wait in line (their number is the reported queue length).
 The status also reports `conv_template`, the template this worker serves (--conv-mode, else the one
@@ -29,6 +30,7 @@ from fastapi import Request
 from llava.constants import WORKER_HEART_BEAT_INTERVAL
 from llava.serve import protocol
 from llava.serve.logs import build_logger
+from llava.serve.request_visuals import DEFAULT_MAX_REQUEST_PIXELS, MAX_FRAMES_PER_VIDEO, VisualLimits
 
 INTERVAL_ENV = "LLAVA_WORKER_HEART_BEAT_INTERVAL"
 
@@ -246,6 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-image-pixels", type=int, default=None, help="refuse larger images (default: PIL's limit)"
     )
+    p.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_PIXELS,
+        help="refuse requests whose images and kept video frames hold more pixels together",
+    )
+    p.add_argument(
+        "--max-video-frames",
+        type=int,
+        default=MAX_FRAMES_PER_VIDEO,
+        help="refuse videos sent with more frames (the model keeps its frames_upbound of them)",
+    )
     return p
 
 
@@ -270,14 +284,21 @@ def load_runner(args):
     has_tower = hasattr(model, "get_vision_tower") and model.get_vision_tower() is not None
     multimodal = has_tower and image_processor is not None
     conv_template = choose_conv_mode(args.conv_mode, model.config, name, multimodal=multimodal)
+    max_pixels = args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
+    limits = VisualLimits(
+        max_frames=args.max_video_frames,
+        max_image_pixels=max_pixels,
+        max_request_pixels=args.max_request_pixels,
+    )
     return ModelRunner(
         tokenizer,
         model,
         image_processor,
         context_len,
         name,
-        max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS,
+        max_image_pixels=max_pixels,
         conv_template=conv_template,
+        limits=limits,
     )
 
 

@@ -1,7 +1,7 @@
 """An OpenAI-compatible API in front of the controller: /v1/models and /v1/chat/completions.
 
     python -m llava.serve.openai_api_server --controller-address http://localhost:21001 --port 8000 \\
-        [--api-keys KEY1,KEY2] [--allow-image-urls] [--conv-mode llava_v1]
+        [--api-keys KEY1,KEY2] [--allow-image-urls] [--conv-mode llava_v1] [--video-dir DIR]
 
     from openai import OpenAI
     client = OpenAI(base_url="http://localhost:8000/v1", api_key="KEY1")
@@ -9,8 +9,11 @@
         {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,..."}},
         {"type": "text", "text": "What is in the picture?"}]}], stream=True)
 
-Images come as image_url parts holding data: URLs; http(s) URLs are fetched only with
---allow-image-urls. Streaming answers are server-sent events ending with `data: [DONE]`. Prompts
+Images come as image_url parts holding data: URLs (several per message if you like); http(s) URLs
+are fetched only with --allow-image-urls. A video comes as a video_url part (a data:video/... URL,
+or a path inside --video-dir when the server allows local videos) or as a `video` part listing its
+frames as image URLs; at most --max-video-frames frames of it reach the worker. Streaming answers
+are server-sent events ending with `data: [DONE]`. Prompts
 are rendered in the template the model's worker serves (the controller's /list_models reports it),
 unless --conv-mode names one for all models; the worker's answer stops where that template's
 assistant turn ends (`Conversation.stop_str`) and on the request's `stop`.
@@ -41,6 +44,7 @@ from llava.serve.openai_messages import (
     check_supported,
     user_stops,
 )
+from llava.serve.video_inputs import DEFAULT_MAX_VIDEO_FRAMES, VideoPolicy
 
 API_KEYS_ENV = "LLAVA_API_KEYS"
 DEFAULT_MAX_TOKENS = 512
@@ -53,6 +57,11 @@ class APISettings:
     allow_image_urls: bool = False
     conv_mode: str | None = None
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    video_dir: str | None = None  # local videos are read only inside it (None: none are)
+    max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES
+
+    def video_policy(self) -> VideoPolicy:
+        return VideoPolicy(self.video_dir, self.max_video_frames, max_pixels=self.max_image_pixels)
 
 
 def _error_status(worker_status: int, error_code: int) -> int:
@@ -303,11 +312,19 @@ def create_app(settings: APISettings):
         templates = (await controller.listing())["conv_templates"]  # what each model's worker serves
         conv = conversation_for(req.model, settings.conv_mode, templates, warn_once)
         prompt, images = await run_in_threadpool(
-            build_prompt, req, conv, settings.allow_image_urls, settings.max_image_pixels
+            build_prompt,
+            req,
+            conv,
+            settings.allow_image_urls,
+            settings.max_image_pixels,
+            settings.video_policy(),
         )
         upstream, first = await controller.open_stream(generation_payload(req, conv, prompt, images, stops))
         reply = Reply(req.model, prompt)
-        logger.info(f"{reply.id}: model={req.model} images={len(images)} stream={req.stream}")
+        videos = sum(1 for x in images if isinstance(x, list))
+        logger.info(
+            f"{reply.id}: model={req.model} images={len(images) - videos} videos={videos} stream={req.stream}"
+        )
         if not req.stream:
             return await complete(upstream, first, reply)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -338,6 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="template for all models (default: the one each model's worker serves)",
     )
     p.add_argument("--max-image-pixels", type=int, default=None)
+    p.add_argument(
+        "--video-dir",
+        type=str,
+        default=None,
+        help="allow video_url parts naming local video files or frame folders inside this folder (default: none)",
+    )
+    p.add_argument(
+        "--max-video-frames",
+        type=int,
+        default=DEFAULT_MAX_VIDEO_FRAMES,
+        help="frames of a video sent on to the worker, sampled evenly",
+    )
     return p
 
 
@@ -352,6 +381,8 @@ def main(argv=None) -> None:
         allow_image_urls=args.allow_image_urls,
         conv_mode=args.conv_mode,
         max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS,
+        video_dir=args.video_dir,
+        max_video_frames=args.max_video_frames,
     )
     if args.conv_mode:
         get_conv_template(args.conv_mode)  # fail at start, with the valid names, not at the first request

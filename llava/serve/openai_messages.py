@@ -1,6 +1,11 @@
 """OpenAI chat-completion requests -> a LLaVA prompt + images, and the errors OpenAI clients expect.
 
-Kept apart from the HTTP process so it can be tested on its own.
+A user message's content parts, in order: `text`, `image_url` (one image each, any number), and a
+video as `video_url` (a data:video/... URL, or a local path under --video-dir) or as
+`{"type": "video", "video": [frame image URLs...]}`. Each image or video puts one `<image>` where
+it stands; the worker request's `images` holds a base64 string per image and a list of base64
+frames per video (llava.serve.request_visuals). Kept apart from the HTTP process so it can be
+tested on its own.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.serve.images import ImageInputError, decode_image_bytes, fetch_image_url, parse_data_url
+from llava.serve.video_inputs import VideoPolicy, keep_frame_indices, video_url_frames
 
 
 class APIError(Exception):
@@ -37,6 +43,8 @@ class ContentPart(BaseModel):
     type: str
     text: str | None = None
     image_url: ImageURL | str | None = None
+    video_url: ImageURL | str | None = None
+    video: list[ImageURL | str] | None = None  # a video's frames, as image URLs
 
 
 class ChatMessage(BaseModel):
@@ -98,7 +106,38 @@ def _no_image_token(text: str, where: str) -> str:
     return text
 
 
-def _user_text(msg: ChatMessage, i: int, allow_remote: bool, max_pixels: int | None) -> tuple[str, list[str]]:
+def _url(value) -> str:
+    return value if isinstance(value, str) else value.url
+
+
+def _video_part(
+    part: ContentPart, where: str, allow_remote: bool, max_pixels, video: VideoPolicy
+) -> list[str]:
+    """The base64 frames of a `video_url` or `video` part."""
+    if part.type == "video_url":
+        if part.video_url is None:
+            raise APIError(400, f"{where}.video_url is missing", param=where)
+        try:
+            return video_url_frames(_url(part.video_url), where, video)
+        except ImageInputError as e:
+            raise APIError(400, str(e), param=where, code="invalid_video") from None
+    frames = part.video or []
+    if not frames:
+        raise APIError(
+            400, f"{where}: a 'video' part needs a non-empty list of frame image URLs", param=where
+        )
+    kept = keep_frame_indices(len(frames), None, video)
+    return [
+        base64.b64encode(
+            _image_bytes(_url(frames[k]), f"{where}.video[{k}]", allow_remote, max_pixels)
+        ).decode("ascii")
+        for k in kept
+    ]
+
+
+def _user_text(
+    msg: ChatMessage, i: int, allow_remote: bool, max_pixels: int | None, video: VideoPolicy
+) -> tuple[str, list]:
     if msg.content is None:
         raise APIError(400, f"messages[{i}].content is missing", param=f"messages[{i}].content")
     if isinstance(msg.content, str):
@@ -111,21 +150,31 @@ def _user_text(msg: ChatMessage, i: int, allow_remote: bool, max_pixels: int | N
         elif part.type == "image_url":
             if part.image_url is None:
                 raise APIError(400, f"{where}.image_url is missing", param=where)
-            url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-            data = _image_bytes(url, where, allow_remote, max_pixels)
+            data = _image_bytes(_url(part.image_url), where, allow_remote, max_pixels)
             images.append(base64.b64encode(data).decode("ascii"))
+            pieces.append(DEFAULT_IMAGE_TOKEN)
+        elif part.type in ("video_url", "video"):
+            images.append(_video_part(part, where, allow_remote, max_pixels, video))
             pieces.append(DEFAULT_IMAGE_TOKEN)
         else:
             raise APIError(
                 400,
-                f"{where}: content part type {part.type!r} is not supported (text, image_url)",
+                f"{where}: content part type {part.type!r} is not supported (text, image_url, video_url, video)",
                 param=where,
             )
     return "\n".join(pieces), images
 
 
-def build_prompt(req: ChatCompletionRequest, conv, allow_remote: bool = False, max_pixels: int | None = None):
-    """(prompt, base64 images) for a request, rendered with the template `conv` (a fresh copy)."""
+def build_prompt(
+    req: ChatCompletionRequest,
+    conv,
+    allow_remote: bool = False,
+    max_pixels: int | None = None,
+    video: VideoPolicy | None = None,
+):
+    """(prompt, images) for a request, rendered with the template `conv` (a fresh copy): `images` holds
+    a base64 string per image and a list of base64 frames per video, in the order of their `<image>`."""
+    video = video or VideoPolicy(max_pixels=max_pixels)
     turns: list[tuple[str, str]] = []
     images: list[str] = []
     for i, msg in enumerate(req.messages):
@@ -142,7 +191,7 @@ def build_prompt(req: ChatCompletionRequest, conv, allow_remote: bool = False, m
             conv.system = text
             continue
         if msg.role == "user":
-            text, imgs = _user_text(msg, i, allow_remote, max_pixels)
+            text, imgs = _user_text(msg, i, allow_remote, max_pixels, video)
             images += imgs
             role = "user"
         elif msg.role == "assistant":
