@@ -375,11 +375,3 @@ def test_resume_with_other_flags_names_the_checkpoint(kit, tmp_path):
     run(stage2_args(kit, tmp_path, extra="--max_steps 2 --save_steps 2"))
     with pytest.raises(ResumeError, match=r"could not resume from .*checkpoint-2 .*new --output_dir"):
         run(stage2_args(kit, tmp_path, extra="--max_steps 4 --save_steps 2 --lora_enable True --lora_r 4"))
-
-
-def test_packing_with_anyres_is_refused_before_loading(kit, tmp_path):
-    args = stage2_args(kit, tmp_path, extra="--packing True --image_grid_pinpoints [(32,64)]")
-    args[args.index("--image_aspect_ratio") + 1] = "anyres"
-    with pytest.raises(ValueError, match=r"--packing True with --image_aspect_ratio anyres"):
-        run(args)
-    assert not any(tmp_path.iterdir())  # nothing was loaded or written
