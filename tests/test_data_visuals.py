@@ -244,3 +244,20 @@ def test_train_on_the_mixture_through_train(tiny_kit, media, tmp_path, packing):
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["image_aspect_ratio"], cfg["mm_newline_position"], cfg["frames_upbound"]) == ("anyres_max_2", "grid", 4)
     assert len(losses) == 6 and losses[-1] < losses[0], losses
+
+
+def test_video_flags_keep_the_checkpoint_s_values_unless_given():
+    """Fine-tuning a OneVision checkpoint (one_token) without the flag keeps one_token; a new model gets
+    LLaVA-NeXT's training default (grid); a given flag wins."""
+    from types import SimpleNamespace
+
+    from llava.train.arguments import ModelArguments
+    from llava.train.model_setup import _with_video_defaults
+
+    onevision = SimpleNamespace(mm_newline_position="one_token", mm_spatial_pool_stride=2, mm_spatial_pool_mode="bilinear")
+    assert _with_video_defaults(ModelArguments(), onevision).mm_newline_position == "one_token"
+    new = _with_video_defaults(ModelArguments(), SimpleNamespace())
+    assert (new.mm_newline_position, new.mm_spatial_pool_stride, new.mm_spatial_pool_mode) == ("grid", 2, "bilinear")
+    given = ModelArguments(mm_newline_position="frame")
+    assert _with_video_defaults(given, onevision).mm_newline_position == "frame"
+    assert given.mm_newline_position == "frame" and ModelArguments().mm_newline_position is None  # not edited

@@ -173,3 +173,35 @@ def test_zero3_stage2_killed_then_resumed_equals_the_uninterrupted_run(kit, zero
     assert sorted(final_ref) == sorted(final_res)
     for key, value in final_ref.items():
         torch.testing.assert_close(final_res[key], value, atol=1e-6, rtol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_zero3_applies_the_tower_weights_a_checkpoint_stores(kit, tmp_path):
+    """Fine-tuning a LLaVA checkpoint that stores its own (trained) tower, as 1.6 and OneVision models do:
+    under ZeRO-3 the stored tower weights go into the partitions, not the tower folder's."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from llava.testing.tiny import build_tiny_llava
+
+    ckpt = tmp_path / "llava-ckpt"
+    model = build_tiny_llava(SimpleNamespace(llm=kit.llm, vision=kit.vision, tokenizer=None))
+    with torch.no_grad():
+        for p in model.get_vision_tower().vision_tower.parameters():
+            p.add_(0.25)  # differs from the tower folder everywhere
+    model.config.image_aspect_ratio = "pad"
+    model.save_pretrained(ckpt)
+    AutoTokenizer.from_pretrained(kit.llm).save_pretrained(ckpt)
+    stored = {k: v for k, v in load_file(ckpt / "model.safetensors").items() if ".vision_tower." in k}
+    assert stored
+
+    out = tmp_path / "out"
+    args = stage2_args(kit, out, extra=f"--deepspeed {REPO / 'zero3.json'} --max_steps 1 --save_strategy no")
+    args[args.index("--model_name_or_path") + 1] = str(ckpt)
+    log = torchrun(tmp_path, args)
+    assert "not applied" not in log
+    saved = load_file(out / "model.safetensors")
+    for key, value in stored.items():  # the tower is frozen in stage 2: exactly the stored weights
+        assert torch.equal(saved[key], value), key

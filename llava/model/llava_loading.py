@@ -35,8 +35,13 @@ class LlavaLoading:
             model.attach_vision_tower(pretrained_model_name_or_path, **hub_kwargs)
         return loaded
 
-    def attach_vision_tower(self, checkpoint=None, **hub_kwargs) -> None:
-        """Load the tower (if the config has one), place it beside the embeddings, apply checkpoint weights."""
+    def attach_vision_tower(self, checkpoint=None, write_weights=None, **hub_kwargs) -> None:
+        """Load the tower (if the config has one), place it beside the embeddings, apply checkpoint weights.
+
+        `write_weights(module, load)` runs `load()`, which writes into the tower's parameters; the
+        trainer passes ZeRO-3's gathered write (llava.train.zero.load_into_module). Without it, under
+        ZeRO-3 (partitioned parameters) the stored weights are left for the trainer to apply.
+        """
         tower = self.get_vision_tower()
         if tower is None:
             return
@@ -54,12 +59,20 @@ class LlavaLoading:
             return
         from transformers.integrations import is_deepspeed_zero3_enabled
 
-        if is_deepspeed_zero3_enabled():
-            logger.warning("ZeRO-3: vision tower weights stored in %s were not applied", checkpoint)
+        if write_weights is None and is_deepspeed_zero3_enabled():
+            logger.info("ZeRO-3: vision tower weights stored in %s are applied by the trainer", checkpoint)
             return
         stored = fit_tower_keys(stored, tower.vision_tower.state_dict().keys())
-        # Layers after the selected one, post_layernorm and head may be absent (LLaVA-NeXT's SigLIP).
-        tower.load_stored_weights(stored, f"vision tower weights in {checkpoint}")
+
+        def load():
+            # Layers after the selected one, post_layernorm and head may be absent (LLaVA-NeXT's SigLIP).
+            tower.load_stored_weights(stored, f"vision tower weights in {checkpoint}")
+
+        if write_weights is None:
+            load()
+        else:
+            write_weights(tower.vision_tower, load)
+        logger.info("vision tower weights applied from %s", checkpoint)
 
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
         """``transformers`` saving, with the tower's weights under their original names

@@ -44,16 +44,26 @@ class ModelArguments:
         default=False, metadata={"help": "Also train the vision tower (see --mm_vision_tower_lr)."}
     )
     # Video features (LLaVA-NeXT / OneVision): each frame's features pooled, newline tokens placed.
+    # None keeps what the starting checkpoint's config says; a new model gets VIDEO_TRAINING_DEFAULTS.
     mm_newline_position: Optional[str] = field(
-        default="grid",
-        metadata={"help": "Video newline tokens: grid (after each row of each frame), frame, one_token, no_token."},
+        default=None,
+        metadata={
+            "help": "Video newline tokens: grid (after each row of each frame), frame, one_token, no_token "
+            "(default: the checkpoint's; a new model: grid, as LLaVA-NeXT)."
+        },
     )
     mm_spatial_pool_stride: Optional[int] = field(
-        default=2, metadata={"help": "Video frames' features are pooled by this stride in both directions."}
+        default=None,
+        metadata={"help": "Video frames' features are pooled by this stride (default: the checkpoint's, else 2)."},
     )
-    mm_spatial_pool_mode: str = field(
-        default="bilinear", metadata={"help": "Video feature pooling: bilinear, average or max."}
+    mm_spatial_pool_mode: Optional[str] = field(
+        default=None,
+        metadata={"help": "Video feature pooling: bilinear, average or max (default: the checkpoint's, else bilinear)."},
     )
+
+
+# What LLaVA-NeXT's training writes for a new model when these flags are not given.
+VIDEO_TRAINING_DEFAULTS = {"mm_newline_position": "grid", "mm_spatial_pool_stride": 2, "mm_spatial_pool_mode": "bilinear"}
 
 
 @dataclass

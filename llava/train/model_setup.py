@@ -91,12 +91,19 @@ def load_llm(model_args, training_args, attn_implementation: str | None):
 
             register_varlen_attention()
         kwargs["attn_implementation"] = attn_implementation
-    return cls.from_pretrained(
+    model = cls.from_pretrained(
         model_args.model_name_or_path,
         cache_dir=training_args.cache_dir,
         dtype=(torch.bfloat16 if training_args.bf16 else None),
         **kwargs,
     )
+    if zero.zero3_enabled():
+        # The tower weights a LLaVA checkpoint stores (a 1.6 / OneVision model's trained tower) go into
+        # the ZeRO-3 partitions gathered; from_pretrained alone cannot write them there.
+        model.attach_vision_tower(
+            model_args.model_name_or_path, write_weights=zero.load_into_module, cache_dir=training_args.cache_dir
+        )
+    return model
 
 
 def load_tokenizer(model_args, training_args, model):
@@ -170,11 +177,28 @@ def load_pretrained_adapter(model, path: str) -> None:
     logger.info("projector loaded from %s%s", path, " (into ZeRO-3 partitions)" if partitioned else "")
 
 
+def _with_video_defaults(model_args, config):
+    """`model_args` with each video flag left unset taken from the checkpoint's config, else LLaVA-NeXT's
+    training default (a copy: the parsed arguments stay as given)."""
+    import dataclasses
+
+    from llava.train.arguments import VIDEO_TRAINING_DEFAULTS
+
+    chosen = {
+        name: getattr(config, name, None) if getattr(config, name, None) is not None else default
+        for name, default in VIDEO_TRAINING_DEFAULTS.items()
+        if getattr(model_args, name, None) is None
+    }
+    return dataclasses.replace(model_args, **chosen) if chosen else model_args
+
+
 def setup_vision(model, tokenizer, model_args, data_args, training_args) -> tuple[str, ...]:
     """Vision tower + projector, the adapter of stage 1, config fields, the image tokens.
 
     Returns the parts it created (for the freeze policy: a new image_newline trains)."""
-    created = model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
+    created = model.get_model().initialize_vision_modules(
+        model_args=_with_video_defaults(model_args, model.config), fsdp=training_args.fsdp
+    )
     zero.partition_new_params(model)
     if model_args.pretrain_mm_mlp_adapter:
         load_pretrained_adapter(model, model_args.pretrain_mm_mlp_adapter)

@@ -108,8 +108,11 @@ def check_model_flags(model_args, data_args) -> None:
         ("mm_spatial_pool_mode", check_pool_mode),
         ("mm_spatial_pool_stride", check_pool_stride),
     ):
+        value = getattr(model_args, flag, None)
+        if value is None:  # the checkpoint's value, else LLaVA-NeXT's training default
+            continue
         try:
-            check(getattr(model_args, flag, None))
+            check(value)
         except ValueError as err:
             raise ValueError(f"--{flag}: {err}") from None
     if int(getattr(data_args, "frames_upbound", 0) or 0) < 0 or int(getattr(data_args, "video_fps", 1) or 0) < 1:
