@@ -1,10 +1,11 @@
 """The training dataset: LCS-558K / mix665k / LLaVA-NeXT / OneVision JSON, tokenised lazily.
 
-A sample is `{"id", "image"?: name or [names], "video"?: name, "conversations": [{"from": "human"|"gpt",
-"value"}, ...]}` (llava.data.visuals); samples with neither are text-only. `__getitem__` returns
-`input_ids`, `labels` (from `llava.data.preprocess`), `length` (the tokens the LLM sees) and, for a
-multimodal model, `images` (one pixel tensor per visual: llava.data.visual_loader), `image_sizes`
-and `modalities` (a zero stand-in image for text-only samples, so every sample carries one). How a sample becomes ids, labels and pixels is the
+A sample is `{"id", "image"?: name or [names], "video"?: name, "conversations": [{"from":
+"human"|"gpt", "value"}, ...]}` (llava.data.visuals); samples with neither are text-only.
+`__getitem__` returns `input_ids`, `labels` (from `llava.data.preprocess`), `length` (the tokens
+the LLM sees) and, for a multimodal model, `images` (one pixel tensor per visual:
+llava.data.visual_loader), `image_sizes` and `modalities` (a zero stand-in image for text-only
+samples, so every sample carries one). How a sample becomes ids, labels and pixels is the
 `SampleFormat` given to the dataset (llava.data.sample_format); the length budget
 (llava.data.length_budget) cuts each sample once, when it is tokenised. After `prepare()` the ids
 and labels come from the token cache (tokenised once per data file, tokenizer and format:
@@ -172,7 +173,8 @@ class LazySupervisedDataset(Dataset):
         return errors, costs
 
     def prepare(self) -> None:
-        """Count tokens (cached next to the data), check images exist; raise on or drop bad samples."""
+        """Probe visuals (files exist; an anyres image's size, a video's frames), count tokens (cached next
+        to the data); raise on or drop bad samples."""
         if self._text_lengths is not None:
             return
         errors = {
