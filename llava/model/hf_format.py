@@ -98,11 +98,33 @@ def _grow(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([weight, extra], dim=0)
 
 
+def copy_weights_to_hf(model, hf, vocab: int) -> None:
+    """Our model's LLM, tower, projector (and image_newline) and head into a llava-hf model of any of
+    transformers' three classes, module by module through their own key layouts; the embeddings and
+    head grown to `vocab` rows (the added `<image>` / `<video>` tokens)."""
+    inner, tower = model.get_model(), model.get_vision_tower()
+    text_state = {
+        k: v
+        for k, v in inner.state_dict().items()
+        if not k.startswith(("vision_tower.", "mm_projector.", "image_newline"))
+    }
+    text_state["embed_tokens.weight"] = _grow(text_state["embed_tokens.weight"], vocab)
+    with torch.no_grad():
+        hf.model.language_model.load_state_dict(text_state, strict=True)
+        hf.model.vision_tower.load_state_dict(tower.vision_tower.state_dict(), strict=True)
+        hf.model.multi_modal_projector.linear_1.load_state_dict(inner.mm_projector[0].state_dict())
+        hf.model.multi_modal_projector.linear_2.load_state_dict(inner.mm_projector[2].state_dict())
+        if getattr(hf.model, "image_newline", None) is not None:
+            hf.model.image_newline.copy_(inner.image_newline)
+        hf.lm_head.weight.copy_(_grow(model.get_output_embeddings().weight, vocab))
+    hf.generation_config = copy.deepcopy(model.generation_config)
+
+
 def export_to_hf(model, tokenizer, out_dir, chat_template: str | None = None) -> Path:
     """Write ``model`` as a llava-hf folder (model, tokenizer with ``<image>``, processor); returns the path."""
     _check_exportable(model)
     out = Path(out_dir)
-    cfg, tower, inner = model.config, model.get_vision_tower(), model.get_model()
+    cfg, tower = model.config, model.get_vision_tower()
     tok = copy.deepcopy(tokenizer)
     if DEFAULT_IMAGE_TOKEN not in tok.get_vocab():
         tok.add_tokens([DEFAULT_IMAGE_TOKEN], special_tokens=True)
@@ -124,19 +146,7 @@ def export_to_hf(model, tokenizer, out_dir, chat_template: str | None = None) ->
         hf_cfg.conv_template = cfg.conv_template
     dtype = model.get_input_embeddings().weight.dtype
     hf = transformers.LlavaForConditionalGeneration._from_config(hf_cfg, dtype=dtype)
-    text_state = {
-        k: v
-        for k, v in inner.state_dict().items()
-        if not k.startswith(("vision_tower.", "mm_projector.", "image_newline"))
-    }
-    text_state["embed_tokens.weight"] = _grow(text_state["embed_tokens.weight"], vocab)
-    with torch.no_grad():
-        hf.model.language_model.load_state_dict(text_state, strict=True)
-        hf.model.vision_tower.load_state_dict(tower.vision_tower.state_dict(), strict=True)
-        hf.model.multi_modal_projector.linear_1.load_state_dict(inner.mm_projector[0].state_dict())
-        hf.model.multi_modal_projector.linear_2.load_state_dict(inner.mm_projector[2].state_dict())
-        hf.lm_head.weight.copy_(_grow(model.get_output_embeddings().weight, vocab))
-    hf.generation_config = copy.deepcopy(model.generation_config)
+    copy_weights_to_hf(model, hf, vocab)
     # Legacy llava-hf names (vision_tower.vision_model.*), which vLLM and transformers 4 and 5 all read.
     hf.save_pretrained(out, state_dict=to_original_tower_layout(hf.state_dict(), "model.vision_tower."))
     processor = transformers.LlavaProcessor(

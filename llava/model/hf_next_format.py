@@ -46,7 +46,6 @@ import json
 import math
 from pathlib import Path
 
-import torch
 import transformers
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, LLAVA_HF_MODEL_TYPES
@@ -54,11 +53,11 @@ from llava.images.grid import anyres_max_crops, is_anyres, parse_grid_pinpoints
 
 from .checkpoint import to_original_tower_layout
 from .hf_format import (
-    _grow,
     _hf_mm_fields,
     _llava_from_loaded,
     _llm_model_type,
     _refuse_quantization,
+    copy_weights_to_hf,
     llava_from_hf,
     save_original_format,
 )
@@ -178,7 +177,7 @@ def _export(model, tokenizer, out_dir, kind: str, any_video: bool = False) -> tu
     """Build, fill and save the transformers model; returns (hf model, tokenizer with the new tokens, out)."""
     _check_exportable(model, kind, any_video)
     out = Path(out_dir)
-    cfg, tower, inner = model.config, model.get_vision_tower(), model.get_model()
+    cfg, tower = model.config, model.get_vision_tower()
     tokens = [DEFAULT_IMAGE_TOKEN] + ([DEFAULT_VIDEO_TOKEN] if kind == "llava_onevision" else [])
     tok, ids = _with_tokens(tokenizer, tokens)
     vocab = max(len(tok), model.get_input_embeddings().weight.shape[0], max(ids) + 1)
@@ -207,20 +206,7 @@ def _export(model, tokenizer, out_dir, kind: str, any_video: bool = False) -> tu
     if getattr(cfg, "conv_template", None):  # the template it was trained with travels along
         hf_cfg.conv_template = cfg.conv_template
     hf = hf_cls._from_config(hf_cfg, dtype=model.get_input_embeddings().weight.dtype)
-    text_state = {
-        k: v
-        for k, v in inner.state_dict().items()
-        if not k.startswith(("vision_tower.", "mm_projector.", "image_newline"))
-    }
-    text_state["embed_tokens.weight"] = _grow(text_state["embed_tokens.weight"], vocab)
-    with torch.no_grad():
-        hf.model.language_model.load_state_dict(text_state, strict=True)
-        hf.model.vision_tower.load_state_dict(tower.vision_tower.state_dict(), strict=True)
-        hf.model.multi_modal_projector.linear_1.load_state_dict(inner.mm_projector[0].state_dict())
-        hf.model.multi_modal_projector.linear_2.load_state_dict(inner.mm_projector[2].state_dict())
-        hf.model.image_newline.copy_(inner.image_newline)
-        hf.lm_head.weight.copy_(_grow(model.get_output_embeddings().weight, vocab))
-    hf.generation_config = copy.deepcopy(model.generation_config)
+    copy_weights_to_hf(model, hf, vocab)
     hf.save_pretrained(out, state_dict=to_original_tower_layout(hf.state_dict(), "model.vision_tower."))
     return hf, tok, out
 
