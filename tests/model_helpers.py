@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
@@ -25,3 +27,16 @@ def prompt_ids(*parts):
 def images(n, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, size, size, generator=g)
+
+
+@contextlib.contextmanager
+def configured(model, **fields):
+    """`model.config` with `fields` set inside the block, restored after it."""
+    old = {k: getattr(model.config, k, None) for k in fields}
+    for k, v in fields.items():
+        setattr(model.config, k, v)
+    try:
+        yield model.config
+    finally:
+        for k, v in old.items():
+            setattr(model.config, k, v)

@@ -8,7 +8,6 @@ with images of many odd sizes and compares each sample's length.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from types import SimpleNamespace
 
@@ -19,7 +18,7 @@ from PIL import Image
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.images import grid
 from llava.images.process import get_anyres_image_grid_shape, process_images
-from tests.model_helpers import build_tiny_llava
+from tests.model_helpers import build_tiny_llava, configured
 
 SIZES = [(40, 40), (41, 97), (97, 41), (300, 45), (45, 300), (123, 77), (500, 130), (239, 241), (7, 60)]
 GRID = "(1x1),...,(6x6)"
@@ -123,18 +122,6 @@ def model(tiny_kit, tmp_path_factory):
 
     clip = make_tiny_clip(tmp_path_factory.mktemp("clip40") / "clip", image_size=40)
     return build_tiny_llava(tiny_kit, vision_tower=str(clip), mm_patch_merge_type="spatial_unpad")
-
-
-@contextlib.contextmanager
-def configured(model, **fields):
-    old = {k: getattr(model.config, k, None) for k in fields}
-    for k, v in fields.items():
-        setattr(model.config, k, v)
-    try:
-        yield model.config
-    finally:
-        for k, v in old.items():
-            setattr(model.config, k, v)
 
 
 def _image(size, seed):

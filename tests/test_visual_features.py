@@ -7,7 +7,6 @@ floor differ). Video features are checked against LLaVA-NeXT's sequence of tenso
 
 from __future__ import annotations
 
-import contextlib
 import math
 from types import SimpleNamespace
 
@@ -19,7 +18,7 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.images import grid
 from llava.images.process import process_images
 from llava.testing.tiny import llava_vision_args
-from tests.model_helpers import build_tiny_llava
+from tests.model_helpers import build_tiny_llava, configured
 
 IMG = IMAGE_TOKEN_INDEX
 GRID = "(1x1),...,(6x6)"
@@ -37,18 +36,6 @@ def clip40(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(tiny_kit, clip40):
     return build_tiny_llava(tiny_kit, vision_tower=str(clip40), mm_patch_merge_type="spatial_unpad")
-
-
-@contextlib.contextmanager
-def configured(model, **fields):
-    old = {k: getattr(model.config, k, None) for k in fields}
-    for k, v in fields.items():
-        setattr(model.config, k, v)
-    try:
-        yield model.config
-    finally:
-        for k, v in old.items():
-            setattr(model.config, k, v)
 
 
 def frames(n, seed=0):
