@@ -23,7 +23,7 @@ BASE = {"llava", "llava.constants", "llava.conversation", "llava.conversation_te
 # each may import its own tool and nothing else is excused.
 ALIASES = {
     f"llava.data.{name}": f"llava.data.tools.{name}"
-    for name in ("synthetic", "synthetic_tower", "generate_instruct", "validate")
+    for name in ("synthetic", "synthetic_tower", "generate_instruct", "validate", "convert")
 }
 RANK = {
     "base": 0,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -108,6 +109,46 @@ def check_sample_shape(sample: dict, is_multimodal: bool) -> str | None:
     return None
 
 
+class SampleView(Sequence):
+    """The samples a dataset trains on: rows `rows` of a source (llava.data.sources: a JSON list, parquet
+    shards, a mixture), read on access, never copied into a list."""
+
+    def __init__(self, source, rows=None):
+        self.source = source
+        self.rows = list(range(len(source))) if rows is None else list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.source[self.rows[i]]
+
+    def subset(self, keep: list[int]) -> SampleView:
+        return SampleView(self.source, [self.rows[i] for i in keep])
+
+    def folders(self, i: int) -> tuple[str | None, str | None]:
+        """(image folder, video folder) of sample `i` when its source names them (a mixture entry)."""
+        row = self.rows[i]
+        return self.source.image_folder(row), self.source.video_folder(row)
+
+    def describe(self, i: int) -> str:
+        return self.source.describe(self.rows[i])
+
+
+def text_view(sample: dict) -> dict:
+    """The sample without its embedded bytes (what tokenising needs: id, conversations, how many visuals)."""
+    from llava.data.sources import Embedded
+
+    def light(v):
+        return f"<embedded {v.name or 'file'}>" if isinstance(v, Embedded) else v
+
+    out = dict(sample)
+    for key in ("image", "video"):
+        if key in out:
+            out[key] = [light(v) for v in out[key]] if isinstance(out[key], list) else light(out[key])
+    return out
+
+
 class LazySupervisedDataset(Dataset):
     """Dataset for supervised fine-tuning; samples are tokenised when they are loaded.
 
@@ -131,7 +172,12 @@ class LazySupervisedDataset(Dataset):
         self.video_folder = getattr(data_args, "video_folder", None)
         self.skip_bad_samples = bool(data_args.skip_bad_samples)
         self.lengths_cache_dir = data_args.lengths_cache_dir
-        self.list_data_dict = load_samples(data_path)
+        from llava.data.sources import open_source
+
+        self.list_data_dict = SampleView(open_source(data_path, seed=getattr(data_args, "data_seed", 0) or 0))
+        if not len(self.list_data_dict):
+            raise ValueError(f"--data_path {self.data_path} holds no samples")
+        self._has_visuals: list[bool] | None = None
         self._text_lengths: list[int] | None = None
         self._tokens = None  # TokenStore after prepare()
         self._token_rows: list[int] | None = None  # sample index -> row of the token store
@@ -149,8 +195,9 @@ class LazySupervisedDataset(Dataset):
     def is_multimodal(self) -> bool:
         return self.sample_format.is_multimodal
 
-    def _visuals(self, sample: dict):
-        return sample_visuals(sample, self.image_folder, self.video_folder)
+    def _visuals(self, sample: dict, i: int):
+        images, videos = self.list_data_dict.folders(i)
+        return sample_visuals(sample, images or self.image_folder, videos or self.video_folder)
 
     def _probe_visuals(self, indices: list[int]) -> tuple[dict[int, str], dict[int, list[int]]]:
         """({index: why its visuals are unusable}, {index: each visual's tokens}) for `indices`.
@@ -164,10 +211,10 @@ class LazySupervisedDataset(Dataset):
             sample = self.list_data_dict[i]
             fixed = fmt.fixed_visual_tokens(sample)
             try:
-                infos = [probe(v, image_size=fixed is None) for v in self._visuals(sample)]
+                infos = [probe(v, image_size=fixed is None) for v in self._visuals(sample, i)]
             except VisualError as e:
                 errors[i] = str(e)
-                costs[i] = [fmt.single_image_tokens] * len(self._visuals(sample))
+                costs[i] = [fmt.single_image_tokens] * len(self._visuals(sample, i))
                 continue
             costs[i] = fixed if fixed is not None else fmt.visual_tokens(infos)
         return errors, costs
@@ -177,19 +224,18 @@ class LazySupervisedDataset(Dataset):
         to the data); raise on or drop bad samples."""
         if self._text_lengths is not None:
             return
-        errors = {
-            i: err
-            for i, s in enumerate(self.list_data_dict)
-            if (err := check_sample_shape(s, self.is_multimodal))
-        }
-        sample_ids = [s.get("id", f"#{i}") for i, s in enumerate(self.list_data_dict)]
-        good = [s for i, s in enumerate(self.list_data_dict) if i not in errors]
-        good_index = [i for i in range(len(self.list_data_dict)) if i not in errors]
+        texts = [text_view(s) for s in self.list_data_dict]  # one pass over the data, without its bytes
+        errors = {i: err for i, s in enumerate(texts) if (err := check_sample_shape(s, self.is_multimodal))}
+        sample_ids = [s.get("id", f"#{i}") for i, s in enumerate(texts)]
+        good = [s for i, s in enumerate(texts) if i not in errors]
+        good_index = [i for i in range(len(texts)) if i not in errors]
         file_errors, costs = self._probe_visuals(good_index) if self.is_multimodal else ({}, {})
         good_costs = [costs.get(i, []) for i in good_index]
+        source = self.list_data_dict.source
         cache = load_or_build(
-            self.data_path, good, self.tokenizer, self.sample_format, self.lengths_cache_dir, good_costs
-        )
+            self.data_path, good, self.tokenizer, self.sample_format, self.lengths_cache_dir, good_costs,
+            data_fingerprint=None if os.path.isfile(self.data_path) else source.fingerprint,
+        )  # fmt: skip
         counts, count_errors = cache.lengths, cache.errors
         lengths = dict(zip(good_index, counts))
         rows = {i: k for k, i in enumerate(good_index)}
@@ -199,12 +245,14 @@ class LazySupervisedDataset(Dataset):
         if errors:
             self._report(errors)
             keep = [i for i in range(len(self.list_data_dict)) if i not in errors]
-            self.list_data_dict = [self.list_data_dict[i] for i in keep]
+            self.list_data_dict = self.list_data_dict.subset(keep)
+            texts = [texts[i] for i in keep]
             lengths = {new: lengths[old] for new, old in enumerate(keep)}
             rows = {new: rows[old] for new, old in enumerate(keep)}
             costs = {new: costs.get(old, []) for new, old in enumerate(keep)}
             if not self.list_data_dict:
                 raise ValueError(f"no usable samples left in {self.data_path}")
+        self._has_visuals = [has_visuals(s) for s in texts]
         self._text_lengths = [lengths[i] for i in range(len(self.list_data_dict))]
         self._visual_tokens = [costs.get(i, []) for i in range(len(self.list_data_dict))]
         self._tokens, self._token_rows = cache.tokens, [rows[i] for i in range(len(self.list_data_dict))]
@@ -252,7 +300,8 @@ class LazySupervisedDataset(Dataset):
     @property
     def modality_lengths(self) -> list[int]:
         """`lengths`, negated for text-only samples (the modality-grouped sampler's input)."""
-        return [n if has_visuals(s) else -n for n, s in zip(self.lengths, self.list_data_dict)]
+        lengths = self.lengths
+        return [n if v else -n for n, v in zip(lengths, self._has_visuals)]
 
     # ---------------------------------------------------------------- loading
     @property
@@ -276,7 +325,7 @@ class LazySupervisedDataset(Dataset):
         if problem:
             raise self._error(i, problem)
         item = {}
-        visuals = self._visuals(sample)
+        visuals = self._visuals(sample, i)
         if visuals:
             try:
                 item["images"], item["image_sizes"], item["modalities"] = self.loader.load(visuals)
@@ -322,12 +371,17 @@ class LazySupervisedDataset(Dataset):
         """Samples replaced while loading, in this process and in every DataLoader worker."""
         return self._skipped.value
 
+    def _modality(self, i: int) -> bool:
+        if self._has_visuals is not None:
+            return self._has_visuals[i]
+        return has_visuals(self.list_data_dict[i])
+
     def _substitute(self, i: int) -> int:
-        visual = has_visuals(self.list_data_dict[i])
+        visual = self._modality(i)
         n = len(self.list_data_dict)
         for step in range(1, n):
             j = (i + step) % n
-            if j not in self._failed and has_visuals(self.list_data_dict[j]) == visual:
+            if j not in self._failed and self._modality(j) == visual:
                 return j
         raise ValueError(f"no usable sample left in {self.data_path} to replace index {i}")
 

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -62,12 +63,18 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def cache_key(data_path: str | os.PathLike, tokenizer, fmt: SampleFormat, visual_tokens=None) -> str:
-    """`visual_tokens`: each sample's per-visual token counts (None: the format's fixed ones)."""
-    st = os.stat(data_path)
+def cache_key(
+    data_path: str | os.PathLike, tokenizer, fmt: SampleFormat, visual_tokens=None, data_fingerprint=None
+) -> str:
+    """`visual_tokens`: each sample's per-visual token counts (None: the format's fixed ones);
+    `data_fingerprint`: what identifies the data (llava.data.sources: shards, a mixture), else the
+    file's path, size and modification time."""
+    if data_fingerprint is None:
+        st = os.stat(data_path)
+        data_fingerprint = [str(Path(data_path).resolve()), st.st_size, st.st_mtime_ns]
     payload = {
         "format": CACHE_FORMAT,
-        "data": [str(Path(data_path).resolve()), st.st_size, st.st_mtime_ns],
+        "data": data_fingerprint,
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "sample_format": fmt.token_key(),
         "code": code_fingerprint(),
@@ -98,7 +105,8 @@ def cache_path(data_path: str | os.PathLike, key: str, cache_dir: str | os.PathL
     """`<data dir>/.llava_cache/<data file>.<key>.lengths.json`, or under `cache_dir` when given."""
     data_path = Path(data_path)
     folder = Path(cache_dir) if cache_dir else data_path.resolve().parent / ".llava_cache"
-    return folder / f"{data_path.name}.{key[:16]}.lengths.json"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", data_path.name) or "data"  # a glob's pattern
+    return folder / f"{name}.{key[:16]}.lengths.json"
 
 
 def _fallback_dir() -> Path:
@@ -218,13 +226,15 @@ def load_or_build(
     fmt: SampleFormat,
     cache_dir: str | os.PathLike | None = None,
     visual_tokens: list[list[int]] | None = None,
+    data_fingerprint=None,
 ) -> TokenCache:
     """Counts, errors and tokens of `samples` from the cache; tokenising and caching on a miss.
-    `visual_tokens`: each sample's per-visual token counts (None: the format's fixed ones).
+    `visual_tokens`: each sample's per-visual token counts (None: the format's fixed ones);
+    `data_fingerprint`: see `cache_key`.
 
     When no cache folder is writable the tokens are kept in a temporary file for this process.
     """
-    key = cache_key(data_path, tokenizer, fmt, visual_tokens)
+    key = cache_key(data_path, tokenizer, fmt, visual_tokens, data_fingerprint)
     candidates = [cache_path(data_path, key, cache_dir)]
     if cache_dir is None:
         candidates.append(cache_path(data_path, key, _fallback_dir()))

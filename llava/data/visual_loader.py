@@ -20,18 +20,20 @@ from llava.data.visuals import IMAGE, VIDEO, Visual, VisualError, VisualInfo
 from llava.images.transform import ImageTransform
 
 
-def open_rgb(path: str):
-    """The image at `path`, decoded, in RGB; VisualError when missing or unreadable."""
+def open_rgb(visual: Visual):
+    """The image, decoded, in RGB (from its file, or its bytes embedded in the data); VisualError when
+    missing or unreadable."""
     from PIL import Image, UnidentifiedImageError
 
+    where = visual.path or f"{visual.name} (embedded)"
     try:
-        with Image.open(path) as im:
+        with Image.open(visual.opened()) as im:
             im.load()
             return im if im.mode == "RGB" else im.convert("RGB")
     except FileNotFoundError as e:
-        raise VisualError(f"image file {path} not found (check --image_folder)") from e
+        raise VisualError(f"image file {where} not found (check --image_folder)") from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise VisualError(f"image file {path} cannot be read ({type(e).__name__}: {e})") from e
+        raise VisualError(f"image file {where} cannot be read ({type(e).__name__}: {e})") from e
 
 
 class VisualLoader:
@@ -73,24 +75,25 @@ class VisualLoader:
         mode = self.fmt.image_mode(len(visuals))
         pixels, sizes = [], []
         for v in visuals:
-            image = open_rgb(v.path)
+            image = open_rgb(v)
             pixels.append(self._pixels(image, mode))
             sizes.append(image.size)
         return pixels, sizes, [IMAGE] * len(visuals)
 
     def video(self, visual: Visual, info: VisualInfo | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """[F, 3, H, W] frames of a video (a file or a frames folder) and its frame size (w, h)."""
-        from llava.data.visuals import probe
+        from llava.data.visuals import local_video, probe
         from llava.images.video import VideoError, load_video_frames
 
         info = info or probe(visual)
         indices = self.fmt.frame_indices(info)
         try:
-            frames = load_video_frames(visual.path, indices)
+            with local_video(visual) as path:
+                frames = load_video_frames(path, indices)
         except VideoError as e:
             raise VisualError(str(e)) from e
         if len(frames) != len(indices):
-            raise VisualError(f"video {visual.path}: {len(frames)} frames decoded, {len(indices)} expected")
+            raise VisualError(f"video {visual.name}: {len(frames)} frames decoded, {len(indices)} expected")
         return torch.stack([self._pixels(f, "square") for f in frames]), tuple(frames[0].size)
 
     def stand_in(self) -> tuple[torch.Tensor, tuple[int, int]]:

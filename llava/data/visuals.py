@@ -16,8 +16,9 @@ anyres needs to count tokens), or a video's container for its frame count and ra
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 IMAGE, VIDEO = "image", "video"
 MODALITIES = (IMAGE, VIDEO)
@@ -30,8 +31,15 @@ class VisualError(ValueError):
 @dataclass(frozen=True)
 class Visual:
     kind: str  # IMAGE or VIDEO
-    name: str  # as the sample gives it
-    path: str  # joined with --image_folder / --video_folder
+    name: str  # as the sample gives it (for an embedded one: its stored path, or "<embedded image>")
+    path: str | None  # joined with --image_folder / --video_folder; None when embedded
+    data: bytes | None = field(default=None, repr=False)  # the file's bytes, stored in the data (parquet)
+
+    def opened(self):
+        """What to open: the path, or a file-like object over the embedded bytes."""
+        import io
+
+        return self.path if self.data is None else io.BytesIO(self.data)
 
 
 @dataclass(frozen=True)
@@ -55,11 +63,22 @@ def visual_fields_problem(sample: dict) -> str | None:
         names = image if isinstance(image, list) else [image]
         if not names:
             return "'image' is an empty list"
-        if not all(isinstance(n, str) and n for n in names):
-            return f"'image' must be a file name or a list of file names, got {image!r}"
-    if has_video and not (isinstance(sample["video"], str) and sample["video"]):
-        return f"'video' must be one file or folder name, got {sample['video']!r}"
+        if not all((isinstance(n, str) and n) or _is_embedded(n) for n in names):
+            return f"'image' must be a file name or a list of file names, got {_short(image)}"
+    if has_video and not ((isinstance(sample["video"], str) and sample["video"]) or _is_embedded(sample["video"])):
+        return f"'video' must be one file or folder name, got {_short(sample['video'])}"
     return None
+
+
+def _is_embedded(value) -> bool:
+    from llava.data.sources import Embedded
+
+    return isinstance(value, Embedded)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def visual_names(sample: dict) -> tuple[str, list[str]]:
@@ -90,10 +109,17 @@ def sample_modality(sample: dict) -> str:
 
 
 def sample_visuals(sample: dict, image_folder: str | None = "", video_folder: str | None = None) -> list[Visual]:
-    """The sample's visuals with their paths (videos under `video_folder`, else `image_folder`)."""
+    """The sample's visuals with their paths (videos under `video_folder`, else `image_folder`), or
+    their bytes when the data embeds them (llava.data.sources.Embedded)."""
     kind, names = visual_names(sample)
     folder = (video_folder if kind == VIDEO and video_folder else image_folder) or ""
-    return [Visual(kind, n, os.path.join(folder, n)) for n in names]
+    out = []
+    for n in names:
+        if _is_embedded(n):
+            out.append(Visual(kind, n.name or f"<embedded {kind}>", None, n.data))
+        else:
+            out.append(Visual(kind, n, os.path.join(folder, n)))
+    return out
 
 
 def probe(visual: Visual, image_size: bool = False) -> VisualInfo:
@@ -105,18 +131,34 @@ def probe(visual: Visual, image_size: bool = False) -> VisualInfo:
         from llava.images.video import VideoError, probe_video
 
         try:
-            info = probe_video(visual.path)
+            with local_video(visual) as path:
+                info = probe_video(path)
         except VideoError as e:
             raise VisualError(str(e)) from e
         return VisualInfo(VIDEO, tuple(info.size), int(info.frames), info.fps)
-    if not os.path.isfile(visual.path):
+    if visual.data is None and not os.path.isfile(visual.path):
         raise VisualError(f"image file {visual.path} not found (check --image_folder)")
     if not image_size:
         return VisualInfo(IMAGE)
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(visual.path) as im:
+        with Image.open(visual.opened()) as im:
             return VisualInfo(IMAGE, tuple(im.size))
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise VisualError(f"image file {visual.path} cannot be read ({type(e).__name__}: {e})") from e
+        raise VisualError(f"image {visual.name} cannot be read ({type(e).__name__}: {e})") from e
+
+
+@contextlib.contextmanager
+def local_video(visual: Visual):
+    """A path PyAV can open for the video: its own, or a temporary file holding the embedded bytes."""
+    if visual.data is None:
+        yield visual.path
+        return
+    import tempfile
+
+    suffix = os.path.splitext(visual.name)[1] if visual.name and not visual.name.startswith("<") else ".mp4"
+    with tempfile.NamedTemporaryFile(suffix=suffix or ".mp4") as f:
+        f.write(visual.data)
+        f.flush()
+        yield f.name

@@ -61,3 +61,25 @@ def image_problem(path: str, check: str | bool = "header") -> tuple[str, str] | 
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
         return "corrupt_image", f"image file {path} cannot be read ({type(e).__name__}: {e})"
     return None
+
+
+def embedded_image_problem(data: bytes, name: str, check: str = "header") -> tuple[str, str] | None:
+    """`image_problem` of an image whose bytes the data embeds (parquet): ('corrupt_image', message) or None."""
+    import io
+
+    from PIL import Image
+
+    if check == "exists":
+        return None
+    try:
+        if check == "decode":
+            _decode(io.BytesIO(data))
+        else:
+            with Image.open(io.BytesIO(data)) as im:
+                fmt = im.format
+                im.verify()
+            if fmt == "JPEG" and _JPEG_EOI not in data[-_JPEG_TAIL:]:
+                _decode(io.BytesIO(data))
+    except Exception as e:
+        return "corrupt_image", f"embedded image {name} cannot be read ({type(e).__name__}: {e})"
+    return None

@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass, field
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
-from llava.data.dataset import check_sample_shape, load_samples
+from llava.data.dataset import check_sample_shape
 from llava.data.preprocess import (
     ASSISTANT_ROLES,
     HUMAN_ROLES,
@@ -43,6 +43,7 @@ from llava.data.preprocess import (
 from llava.data.sample_format import SampleFormat, template_for_version
 from llava.data.tools.image_check import IMAGE_CHECKS
 from llava.data.tools.token_counter import PromptTokenCounter
+from llava.data.tools.validate_inputs import embeds, read_samples
 from llava.data.tools.visual_check import (
     add_visual_flags,
     check_format,
@@ -371,7 +372,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     fmt = sample_format_from_flags(args)  # bad flags fail before the file is read
-    samples = load_samples(args.data_path)
+    samples = read_samples(args.data_path)
+    if args.output_clean_json and any(embeds(s) for s in samples):
+        raise SystemExit(
+            f"--output_clean_json writes JSON, and {args.data_path} embeds its images or videos: convert the "
+            "clean samples with python -m llava.data.convert instead"
+        )
     tokenizer = None
     if args.model_name_or_path:
         from transformers import AutoTokenizer

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from llava.data.sample_format import SampleFormat, template_for_version
-from llava.data.tools.image_check import IMAGE_CHECKS, image_problem
+from llava.data.tools.image_check import IMAGE_CHECKS, embedded_image_problem, image_problem
 from llava.data.visuals import IMAGE, VIDEO, Visual, VisualError, VisualInfo, probe, sample_visuals
 
 DEFAULT_CROP_SIZE, DEFAULT_PATCH_SIZE = 336, 14  # CLIP ViT-L/14-336
@@ -216,7 +216,10 @@ class VisualCheck:
 
 
 def _check_image(visual: Visual, check: str, need_size: bool):
-    problem = image_problem(visual.path, check)
+    if visual.data is not None:
+        problem = embedded_image_problem(visual.data, visual.name, check)
+    else:
+        problem = image_problem(visual.path, check)
     if problem or not need_size:
         return problem, VisualInfo(IMAGE)
     try:
@@ -225,9 +228,28 @@ def _check_image(visual: Visual, check: str, need_size: bool):
         return ("corrupt_image", str(e)), None
 
 
+def _check_embedded_video(visual: Visual, check: str, fmt: SampleFormat):
+    from llava.data.visuals import local_video
+    from llava.images.video import VideoError, load_video_frames
+
+    try:
+        info = probe(visual)
+        if check == "decode":
+            indices = fmt.frame_indices(info)
+            with local_video(visual) as path:
+                frames = load_video_frames(path, indices)
+            if len(frames) != len(indices):
+                raise VideoError(f"video {visual.name}: {len(frames)} frames decoded, {len(indices)} expected")
+    except (VisualError, VideoError) as e:
+        return ("corrupt_video", f"embedded video {visual.name}: {e}"), None
+    return None, info
+
+
 def _check_video(visual: Visual, check: str, fmt: SampleFormat):
     from llava.images.video import VideoError, frame_files, load_video_frames
 
+    if visual.data is not None:
+        return _check_embedded_video(visual, check, fmt)
     path = visual.path
     if not os.path.exists(path):
         return ("missing_video", f"video file or folder {path} not found (check --video_folder; "
@@ -272,7 +294,10 @@ def check_visuals(
         sample = samples[i]
         fixed = fmt.fixed_visual_tokens(sample)
         visuals = sample_visuals(sample, image_folder, video_folder)
-        keys = [(v.kind, v.path, v.kind == IMAGE and fixed is None) for v in visuals]
+        keys = [
+            (v.kind, v.path if v.data is None else f"embedded:{i}:{k}", v.kind == IMAGE and fixed is None)
+            for k, v in enumerate(visuals)
+        ]
         wanted[i] = (fixed, keys)
         for key, v in zip(keys, visuals):
             jobs.setdefault(key, v)
