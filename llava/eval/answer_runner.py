@@ -258,7 +258,10 @@ def add_runner_args(parser: argparse.ArgumentParser, *, question_file: str, max_
     parser.add_argument("--image-folder", type=str, default="")
     parser.add_argument("--video-folder", type=str, default=None,
                         help="where questions' `video` files or frame folders are (default: --image-folder)")  # fmt: skip
-    parser.add_argument("--question-file", type=str, default=question_file)
+    parser.add_argument("--question-file", type=str, default=question_file,
+                        help="questions (jsonl/json/tsv), or lmms-lab's parquet: a file, glob or folder of shards")  # fmt: skip
+    parser.add_argument("--benchmark", type=str, default=None,
+                        help="the lmms-lab parquet layout of --question-file (default: told by its columns)")  # fmt: skip
     parser.add_argument("--answers-file", type=str, default="answer.jsonl")
     parser.add_argument("--conv-mode", type=str, default=None,
                         help="template (default: conv_template in the checkpoint's config, else from its name)")  # fmt: skip

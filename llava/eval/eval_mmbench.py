@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import argparse
 
+from llava.eval.lmms_parquet import is_parquet_source, mmbench_rows
 from llava.eval.scorers.mmbench import read_tsv, score_mmbench
 from llava.utils.jsonfiles import read_jsonl
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="Score MMBench / MMBench-CN dev answers.")
-    parser.add_argument("--annotation-file", required=True)
+    parser.add_argument(
+        "--annotation-file", required=True, help="the dev .tsv, or lmms-lab's MMBench parquet"
+    )
     parser.add_argument("--result-file", required=True)
     args = parser.parse_args(argv)
-    res = score_mmbench(read_tsv(args.annotation_file), read_jsonl(args.result_file, "MMBench answer file"))
+    rows = (
+        mmbench_rows(args.annotation_file)
+        if is_parquet_source(args.annotation_file)
+        else read_tsv(args.annotation_file)
+    )
+    res = score_mmbench(rows, read_jsonl(args.result_file, "MMBench answer file"))
     if res["unanswered"]:
         what = "answers (rows x rounds)" if res["rounds"] == "all" else "rows"
         print(f"Warning: {res['unanswered']} {what} have no answer (count as wrong)")

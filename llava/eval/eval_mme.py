@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from llava.eval.lmms_parquet import is_parquet_source
+from llava.eval.lmms_parquet_truth import mme_truth
 from llava.eval.scorers.mme import (
     COGNITION,
     PERCEPTION,
@@ -48,6 +50,17 @@ def write_eval_tool_files(pairs, output_dir: str) -> None:
         atomic_write_text(os.path.join(output_dir, f"{subtask}.txt"), "".join(lines))
 
 
+def _is_mme_parquet(gt_dir: str) -> bool:
+    """A parquet file/glob, or a folder of parquet shards (not MME's own folders of .txt files)."""
+    if os.path.isdir(gt_dir):
+        return any(
+            n.endswith((".parquet", ".arrow")) or n == "state.json"
+            for _, _, fs in os.walk(gt_dir)
+            for n in fs
+        )
+    return is_parquet_source(gt_dir)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="Score MME answers (perception and cognition).")
     parser.add_argument(
@@ -55,14 +68,16 @@ def main(argv=None) -> dict:
         "--data-path",
         dest="gt_dir",
         required=True,
-        help="MME_Benchmark_release_version folder, or a folder of <subtask>.txt ground-truth files",
+        help="MME_Benchmark_release_version folder, a folder of <subtask>.txt ground-truth files, "
+        "or lmms-lab's MME parquet",
     )
     parser.add_argument(
         "--result-file", required=True, help="answers jsonl from model_vqa_loader on llava_mme.jsonl"
     )
     parser.add_argument("--output-dir", default=None, help="also write MME eval_tool result files here")
     args = parser.parse_args(argv)  # fmt: skip
-    pairs = match_answers(load_ground_truth(args.gt_dir), read_jsonl(args.result_file, "MME answer file"))
+    truth = mme_truth(args.gt_dir) if _is_mme_parquet(args.gt_dir) else load_ground_truth(args.gt_dir)
+    pairs = match_answers(truth, read_jsonl(args.result_file, "MME answer file"))
     scores = score_subtasks(pairs)
     if args.output_dir:
         write_eval_tool_files(pairs, args.output_dir)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from llava.eval.scorers.pope import evaluate_pope_files
+from llava.eval.lmms_parquet import is_parquet_source
+from llava.eval.lmms_parquet_truth import pope_truth
+from llava.eval.scorers.pope import evaluate_pope, evaluate_pope_files
+from llava.utils.jsonfiles import read_jsonl
 
 
 def report(results: dict) -> str:
@@ -35,12 +38,21 @@ def report(results: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="Score POPE answers per split.")
     parser.add_argument(
-        "--annotation-dir", required=True, help="folder with coco_pope_<split>.json label files"
+        "--annotation-dir",
+        default=None,
+        help="folder with coco_pope_<split>.json label files (not needed "
+        "when --question-file is lmms-lab's POPE parquet: its labels are in it)",
     )
     parser.add_argument("--question-file", required=True)
     parser.add_argument("--result-file", required=True)
     args = parser.parse_args(argv)
-    results = evaluate_pope_files(args.annotation_dir, args.question_file, args.result_file)
+    if is_parquet_source(args.question_file):
+        questions, labels = pope_truth(args.question_file)
+        results = evaluate_pope(questions, read_jsonl(args.result_file, "POPE answer file"), labels)
+    elif args.annotation_dir is None:
+        parser.error("--annotation-dir is required with a JSON question file")
+    else:
+        results = evaluate_pope_files(args.annotation_dir, args.question_file, args.result_file)
     print(report(results))
     return results
 

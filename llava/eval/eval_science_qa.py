@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from llava.eval.lmms_parquet import is_parquet_source
+from llava.eval.lmms_parquet_truth import scienceqa_truth
 from llava.eval.scorers.scienceqa import (
     OPTIONS,
     problems_from_llava,
@@ -35,23 +37,31 @@ def load_problems(base_dir: str, question_file: str | None):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="Score ScienceQA answers (option letters).")
-    parser.add_argument("--base-dir", required=True)
+    parser.add_argument("--base-dir", default=None,
+                        help="holds pid_splits.json (not needed with lmms-lab's ScienceQA parquet as --question-file)")  # fmt: skip
     parser.add_argument("--result-file", required=True)
     parser.add_argument("--output-file", default=None)
     parser.add_argument("--output-result", default=None)
     parser.add_argument("--split", default="test")
     parser.add_argument("--options", nargs="+", default=list(OPTIONS))
     parser.add_argument(
-        "--question-file", default=None, help="LLaVA question file, used when problems.json is absent"
+        "--question-file",
+        default=None,
+        help="LLaVA question file, used when problems.json is absent; or lmms-lab's ScienceQA parquet",
     )
     args = parser.parse_args(argv)
 
-    splits = read_json(os.path.join(args.base_dir, "pid_splits.json"), "ScienceQA pid_splits.json")
-    if args.split not in splits:
-        raise KeyError(f"--split {args.split!r} not in pid_splits.json (has {sorted(splits)})")
-    problems = load_problems(args.base_dir, args.question_file)
+    if args.question_file and is_parquet_source(args.question_file):
+        problems, split_ids = scienceqa_truth(args.question_file)  # the file is one split: all its rows
+    elif args.base_dir is None:
+        parser.error("--base-dir is required unless --question-file is lmms-lab's ScienceQA parquet")
+    else:
+        splits = read_json(os.path.join(args.base_dir, "pid_splits.json"), "ScienceQA pid_splits.json")
+        if args.split not in splits:
+            raise KeyError(f"--split {args.split!r} not in pid_splits.json (has {sorted(splits)})")
+        problems, split_ids = load_problems(args.base_dir, args.question_file), splits[args.split]
     answers = read_jsonl(args.result_file, "ScienceQA answer file")
-    res = score_scienceqa(problems, splits[args.split], answers, args.options)
+    res = score_scienceqa(problems, split_ids, answers, args.options)
     if res["missing"]:
         print(f"Warning: {res['missing']} questions have no answer and count as FAILED")
     print(

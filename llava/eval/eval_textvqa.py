@@ -8,13 +8,18 @@ from __future__ import annotations
 import argparse
 import os
 
+from llava.eval.lmms_parquet import is_parquet_source
+from llava.eval.lmms_parquet_truth import textvqa_truth
 from llava.eval.scorers.textvqa import score_textvqa
 from llava.utils.jsonfiles import read_json, read_jsonl
 
 
 def eval_single(annotation_file: str, result_file: str) -> float:
     print(os.path.splitext(os.path.basename(result_file))[0])
-    annotations = read_json(annotation_file, "TextVQA annotation file")["data"]
+    if is_parquet_source(annotation_file):
+        annotations = textvqa_truth(annotation_file)
+    else:
+        annotations = read_json(annotation_file, "TextVQA annotation file")["data"]
     accuracy, n = score_textvqa(annotations, read_jsonl(result_file, "TextVQA answer file"))
     print(f"Samples: {n}\nAccuracy: {100.0 * accuracy:.2f}%\n")
     return accuracy

@@ -17,7 +17,11 @@ def main(argv=None, loaded=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_runner_args(parser, question_file="tables/question.jsonl", max_new_tokens=1024)
     args = parser.parse_args(argv)
-    return run(args, vqa_items(args.question_file, args.image_folder, args.video_folder), loaded=loaded)
+    return run(
+        args,
+        vqa_items(args.question_file, args.image_folder, args.video_folder, args.benchmark),
+        loaded=loaded,
+    )
 
 
 if __name__ == "__main__":

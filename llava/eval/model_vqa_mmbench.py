@@ -19,7 +19,9 @@ def main(argv=None, loaded=None):
     parser.add_argument("--single-pred-prompt", action="store_true", help="ask for the option letter only")
     parser.add_argument("--lang", type=str, default="en", choices=["en", "cn"])
     args = parser.parse_args(argv)
-    items = mmbench_items(args.question_file, args.all_rounds, args.single_pred_prompt, args.lang)
+    items = mmbench_items(
+        args.question_file, args.all_rounds, args.single_pred_prompt, args.lang, args.benchmark
+    )
     return run(args, items, loaded=loaded)
 
 

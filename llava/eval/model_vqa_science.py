@@ -16,7 +16,9 @@ def main(argv=None, loaded=None):
     parser.add_argument("--single-pred-prompt", action="store_true", help="ask for the option letter only")
     args = parser.parse_args(argv)
     return run(
-        args, science_items(args.question_file, args.image_folder, args.single_pred_prompt), loaded=loaded
+        args,
+        science_items(args.question_file, args.image_folder, args.single_pred_prompt, args.benchmark),
+        loaded=loaded,
     )
 
 

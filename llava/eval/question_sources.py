@@ -8,6 +8,9 @@
 * ``science_items``: LLaVA's ScienceQA json (``id``, optional ``image``, ``conversations``);
 * ``mmbench_items``: an MMBench ``.tsv`` (base64 images, options A-D, optional hint), one item per
   rotation of the options with ``all_rounds``.
+
+Each also reads lmms-lab's parquet form of the benchmark (a ``.parquet`` file, a glob or a folder of
+shards; images in the rows): see llava.eval.lmms_parquet.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import functools
 import os
 
 from llava.eval.answer_runner import EvalItem
+from llava.eval.lmms_parquet import is_parquet_source, parquet_items
 from llava.utils.jsonfiles import read_json, read_jsonl
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
@@ -91,7 +95,11 @@ def _question_text(q: dict, where: str) -> str:
     raise ValueError(f"{where}: question has no 'text' field (nor 'conversations' with a first human turn)")
 
 
-def vqa_items(question_file: str, image_folder: str, video_folder: str | None = None) -> list[EvalItem]:
+def vqa_items(
+    question_file: str, image_folder: str, video_folder: str | None = None, benchmark: str | None = None
+) -> list[EvalItem]:
+    if is_parquet_source(question_file):
+        return parquet_items(question_file, image_folder, benchmark)
     if str(question_file).endswith(".json"):
         rows = read_json(question_file, "question file")
         if not isinstance(rows, list):
@@ -107,15 +115,29 @@ def vqa_items(question_file: str, image_folder: str, video_folder: str | None = 
     return items
 
 
-def science_items(question_file: str, image_folder: str, single_pred_prompt: bool) -> list[EvalItem]:
-    items = []
-    for q in read_json(question_file, "ScienceQA question file"):
-        text = q["conversations"][0]["value"].replace("<image>", "").strip()
-        prompt = f"<image>\n{text}" if "image" in q else text
-        if single_pred_prompt:
-            text, prompt = f"{text}\n{SINGLE_PRED_PROMPT}", f"{prompt}\n{SINGLE_PRED_PROMPT}"
-        items.append(EvalItem(q["id"], text, prompt, _image_loader(image_folder, q.get("image"), q["id"])))
-    return items
+def science_item(qid, text: str, load_image, single_pred_prompt: bool) -> EvalItem:
+    """One ScienceQA question as LLaVA asks it: ``<image>`` first when it has an image, then the letter instruction."""
+    text = text.replace("<image>", "").strip()
+    prompt = f"<image>\n{text}" if load_image is not None else text
+    if single_pred_prompt:
+        text, prompt = f"{text}\n{SINGLE_PRED_PROMPT}", f"{prompt}\n{SINGLE_PRED_PROMPT}"
+    return EvalItem(qid, text, prompt, load_image)
+
+
+def science_items(
+    question_file: str, image_folder: str, single_pred_prompt: bool, benchmark=None
+) -> list[EvalItem]:
+    if is_parquet_source(question_file):
+        return parquet_items(question_file, image_folder, benchmark, single_pred_prompt=single_pred_prompt)
+    return [
+        science_item(
+            q["id"],
+            q["conversations"][0]["value"],
+            _image_loader(image_folder, q.get("image"), q["id"]),
+            single_pred_prompt,
+        )  # fmt: skip
+        for q in read_json(question_file, "ScienceQA question file")
+    ]
 
 
 def _decode_base64_image(data: str, question_id):
@@ -130,12 +152,26 @@ def _decode_base64_image(data: str, question_id):
 
 
 def mmbench_items(
-    question_file: str, all_rounds: bool, single_pred_prompt: bool, lang: str = "en"
+    question_file: str, all_rounds: bool, single_pred_prompt: bool, lang: str = "en", benchmark=None
 ) -> list[EvalItem]:
-    from llava.eval.scorers.mmbench import is_none, read_tsv, row_options
+    if is_parquet_source(question_file):
+        return parquet_items(question_file, "", benchmark, all_rounds=all_rounds,
+                             single_pred_prompt=single_pred_prompt, lang=lang)  # fmt: skip
+    from llava.eval.scorers.mmbench import read_tsv
+
+    rows = read_tsv(question_file)
+    loaders = [functools.partial(_decode_base64_image, row["image"], int(row["index"])) for row in rows]
+    return mmbench_rows_items(rows, loaders, all_rounds, single_pred_prompt, lang)
+
+
+def mmbench_rows_items(
+    rows, loaders, all_rounds: bool, single_pred_prompt: bool, lang: str = "en"
+) -> list[EvalItem]:
+    """MMBench rows (the TSV's columns) as items, one per rotation of the options with ``all_rounds``."""
+    from llava.eval.scorers.mmbench import is_none, row_options
 
     items = []
-    for row in read_tsv(question_file):
+    for row, load in zip(rows, loaders):
         idx = int(row["index"])
         options = row_options(row)
         letters = list(MMBENCH_LETTERS[: len(options)])
@@ -147,7 +183,6 @@ def mmbench_items(
             prompt = text
             if single_pred_prompt:
                 text = f"{text}\n{SINGLE_PRED_PROMPT_CN if lang == 'cn' else SINGLE_PRED_PROMPT}"
-            load = functools.partial(_decode_base64_image, row["image"], idx)
             extra = {"round_id": round_idx, "options": shown, "option_char": chars}
             items.append(EvalItem(idx, text, prompt, load, extra))
     return items
