@@ -154,9 +154,10 @@ class LazySupervisedDataset(Dataset):
 
     `data_args`: the run's data flags (`image_folder`, `skip_bad_samples`, `lengths_cache_dir`,
     e.g. DataArguments), read here once. `sample_format`: how samples become ids, labels and pixels.
+    `seed`: a YAML mixture's `random:` sampling (training passes --data_seed, else --seed).
     """
 
-    def __init__(self, data_path: str, tokenizer, data_args, sample_format: SampleFormat):
+    def __init__(self, data_path: str, tokenizer, data_args, sample_format: SampleFormat, seed: int = 0):
         super().__init__()
         if not isinstance(sample_format, SampleFormat):
             raise TypeError(
@@ -174,7 +175,7 @@ class LazySupervisedDataset(Dataset):
         self.lengths_cache_dir = data_args.lengths_cache_dir
         from llava.data.sources import open_source
 
-        self.list_data_dict = SampleView(open_source(data_path, seed=getattr(data_args, "data_seed", 0) or 0))
+        self.list_data_dict = SampleView(open_source(data_path, seed=seed))
         if not len(self.list_data_dict):
             raise ValueError(f"--data_path {self.data_path} holds no samples")
         self._has_visuals: list[bool] | None = None
@@ -408,7 +409,9 @@ def make_supervised_data_module(
     """
     from llava.data.collator import DataCollatorForSupervisedDataset
 
-    dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, sample_format)
+    seed = getattr(training_args, "data_seed", None)
+    seed = seed if seed is not None else getattr(training_args, "seed", 0)
+    dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, sample_format, seed=seed)
     if training_args is not None:
         with training_args.main_process_first(local=True, desc="counting tokens"):
             dataset.prepare()
