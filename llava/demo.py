@@ -2,6 +2,7 @@
 
     bash scripts/demo.sh                 # set-up, then this module with its defaults
     python -m llava.demo --quick         # a shorter run (fewer samples, one epoch per stage)
+    python -m llava.demo --task multi_image   # what one picture cannot answer (llava/demo_tasks.py)
 
 Steps, each through the same entry points the real recipes and users run:
   1. data     python -m llava.data.synthetic (coloured shapes; LCS-558K / mix665k JSON formats)
@@ -13,6 +14,10 @@ Steps, each through the same entry points the real recipes and users run:
   5. eval     python -m llava.eval.model_vqa_loader on the held-out pictures, greedy -> accuracy
               (both eval and chat use the template stage 2 saved in config.json, conv_template)
   6. chat     python -m llava.serve.cli about waterview.jpg, question given on stdin
+
+The other tasks (--task multi_image: two pictures compared; --task video, experimental: a moving dot's
+direction, which the tiny model does not learn yet) take the same steps with their data (llava/data/tools/synthetic_multi.py) and the flags of
+llava/demo_tasks.py appended to the scripts; their chat is about the first held-out question's visuals.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import sys
 import time
 from pathlib import Path
 
+from llava.demo_tasks import PICTURE, TASKS, expand
+
 REPO = Path(__file__).resolve().parents[1]
-PICTURE = Path(__file__).resolve().parent / "serve" / "examples" / "waterview.jpg"
+__all__ = ["PICTURE", "accuracy", "build_models", "main"]
 
 
 def _run(cmd: list[str], env: dict, stdin: str | None = None, capture: bool = False) -> str:
@@ -56,7 +63,7 @@ def accuracy(questions: Path, answers: Path) -> tuple[float, dict[str, float]]:
     return sum(flat) / max(1, len(flat)), per
 
 
-def build_models(data_paths: dict, models: Path, tower_steps: int) -> None:
+def build_models(data_paths: dict, models: Path, tower_steps: int, tower_patch: int = 6) -> None:
     from llava.conversation import conv_templates
     from llava.data.tools.synthetic import corpus
     from llava.data.tools.synthetic_tower import pretrain_tower
@@ -73,7 +80,7 @@ def build_models(data_paths: dict, models: Path, tower_steps: int) -> None:
         intermediate_size=256, max_position_embeddings=512,
     )  # fmt: skip
     tower = make_tiny_clip(
-        models / "tiny-clip", image_size=48, patch_size=6, hidden_size=64, num_layers=3, num_heads=4
+        models / "tiny-clip", image_size=48, patch_size=tower_patch, hidden_size=64, num_layers=3, num_heads=4
     )
     acc = pretrain_tower(
         tower, data_paths["pretrain"], data_paths["images"], select_layer=-2, steps=tower_steps
@@ -84,20 +91,39 @@ def build_models(data_paths: dict, models: Path, tower_steps: int) -> None:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description="Tiny end-to-end LLaVA demo on the CPU.")
-    ap.add_argument("--out", default=str(REPO / "demo_out"), help="working folder (default: ./demo_out)")
-    ap.add_argument("--n-train", type=int, default=2000, help="training pictures")
-    ap.add_argument("--n-eval", type=int, default=300, help="held-out pictures")
-    ap.add_argument("--epochs", type=float, default=3, help="stage-2 epochs")
-    ap.add_argument("--tower-steps", type=int, default=400, help="tiny CLIP pre-training steps")
-    ap.add_argument("--quick", action="store_true", help="a short run: 600 pictures, fewer steps")
-    ap.add_argument("--question", default="What colour is the shape?", help="asked about waterview.jpg")
+    ap.add_argument("--task", choices=list(TASKS), default="default",
+                    help="default: one picture; multi_image: two pictures compared; video: a moving dot")  # fmt: skip
+    ap.add_argument(
+        "--out", default=None, help="working folder (default: ./demo_out, ./demo_out/TASK for the others)"
+    )
+    ap.add_argument(
+        "--n-train", type=int, default=None, help="training samples (default task: 2000 pictures)"
+    )
+    ap.add_argument("--n-eval", type=int, default=None, help="held-out questions (default task: 300)")
+    ap.add_argument("--epochs", type=float, default=None, help="stage-2 epochs (default task: 3)")
+    ap.add_argument(
+        "--tower-steps", type=int, default=None, help="tiny CLIP pre-training steps (default task: 400)"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run: fewer samples and steps (default task: 600 pictures)",
+    )
+    ap.add_argument(
+        "--question",
+        default=None,
+        help="the closing chat's question (default task: asked about waterview.jpg)",
+    )
     args = ap.parse_args(argv)
-    if args.quick:
-        args.n_train, args.n_eval, args.epochs, args.tower_steps = 600, 90, 2, 200
+    task = TASKS[args.task]
+    sizes = task.quick if args.quick else task.sizes
+    for key in ("n_train", "n_eval", "epochs", "tower_steps"):
+        if args.quick or getattr(args, key) is None:
+            setattr(args, key, getattr(sizes, key))
+    args.question = args.question or task.question
+    args.out = args.out or str(REPO / "demo_out" / ("" if task.name == "default" else task.name))
 
     import torch
-
-    from llava.data.tools.synthetic import generate
 
     out = Path(args.out).resolve()
     data, models, ckpt = out / "data", out / "models", out / "checkpoints"
@@ -110,20 +136,29 @@ def main(argv=None) -> dict:
     times: dict[str, float] = {}
 
     t = time.time()
-    print(f"[demo] 1/6 data: {args.n_train} training and {args.n_eval} held-out pictures in {data}")
-    paths = generate(data, n_train=args.n_train, n_eval=args.n_eval)
+    print(f"[demo] 1/6 data: {args.n_train} training and {args.n_eval} held-out {task.unit} in {data}")
+    paths = task.generate(data, n_train=args.n_train, n_eval=args.n_eval)
     print(f"[demo] 2/6 tiny models in {models}")
-    build_models(paths, models, args.tower_steps)
+    build_models(paths, models, args.tower_steps, task.tower_patch)
     times["data + models"] = time.time() - t
 
     t = time.time()
     print("[demo] 3/6 stage 1: projector pre-training (scripts/tiny/pretrain.sh)")
-    _run(["bash", "scripts/tiny/pretrain.sh"], env)
+    _run(["bash", "scripts/tiny/pretrain.sh", *expand(task.stage1_flags, data)], env)
     times["stage 1"] = time.time() - t
 
     t = time.time()
     print("[demo] 4/6 stage 2: visual instruction tuning (scripts/tiny/finetune.sh)")
-    _run(["bash", "scripts/tiny/finetune.sh", "--num_train_epochs", str(args.epochs)], env)
+    _run(
+        [
+            "bash",
+            "scripts/tiny/finetune.sh",
+            "--num_train_epochs",
+            str(args.epochs),
+            *expand(task.stage2_flags, data),
+        ],
+        env,
+    )
     times["stage 2"] = time.time() - t
     model = ckpt / "tiny-finetune"
 
@@ -132,7 +167,7 @@ def main(argv=None) -> dict:
     answers = out / "eval_answers.jsonl"
     _run(
         [sys.executable, "-m", "llava.eval.model_vqa_loader", "--model-path", str(model),
-         "--question-file", str(paths["eval"]), "--image-folder", str(paths["images"]),
+         "--question-file", str(paths["eval"]), *task.eval_flags(paths),
          "--answers-file", str(answers), "--temperature", "0",
          "--max_new_tokens", "8", "--batch-size", "16", "--device", "cpu", "--overwrite"],
         env,
@@ -141,9 +176,12 @@ def main(argv=None) -> dict:
     times["evaluation"] = time.time() - t
 
     t = time.time()
-    print(f"[demo] 6/6 chat through the CLI about {PICTURE.name}: {args.question!r}")
+    visuals = task.chat_flags(paths)
+    print(
+        f"[demo] 6/6 chat through the CLI about {', '.join(Path(v).name for v in visuals[1::2])}: {args.question!r}"
+    )
     reply = _run(
-        [sys.executable, "-m", "llava.serve.cli", "--model-path", str(model), "--image-file", str(PICTURE),
+        [sys.executable, "-m", "llava.serve.cli", "--model-path", str(model), *visuals,
          "--device", "cpu", "--temperature", "0", "--max-new-tokens", "16"],
         env, stdin=args.question + "\n", capture=True,
     )  # fmt: skip
@@ -158,11 +196,12 @@ def main(argv=None) -> dict:
         f"  held-out accuracy {acc:.1%} on {args.n_eval} questions ("
         + ", ".join(f"{k} {v:.0%}" for k, v in per.items())
         + ")"
+        + ("" if task.name == "default" else f", chance {task.chance:.0%}")
     )
     print(f"  stage 1 projector  {ckpt / 'tiny-pretrain' / 'mm_projector.bin'}")
     print(f"  stage 2 model      {model}")
     print(f"  answers            {answers}")
-    return {"accuracy": acc, "per_category": per, "times": times, "model": str(model)}
+    return {"accuracy": acc, "per_category": per, "times": times, "model": str(model), "task": task.name}
 
 
 if __name__ == "__main__":
