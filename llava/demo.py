@@ -2,7 +2,7 @@
 
     bash scripts/demo.sh                 # set-up, then this module with its defaults
     python -m llava.demo --quick         # a shorter run (fewer samples, one epoch per stage)
-    python -m llava.demo --task multi_image   # what one picture cannot answer (llava/demo_tasks.py)
+    python -m llava.demo --task multi_image | video   # what one picture cannot answer (llava/demo_tasks.py)
 
 Steps, each through the same entry points the real recipes and users run:
   1. data     python -m llava.data.synthetic (coloured shapes; LCS-558K / mix665k JSON formats)
@@ -15,8 +15,8 @@ Steps, each through the same entry points the real recipes and users run:
               (both eval and chat use the template stage 2 saved in config.json, conv_template)
   6. chat     python -m llava.serve.cli about waterview.jpg, question given on stdin
 
-The other tasks (--task multi_image: two pictures compared; --task video, experimental: a moving dot's
-direction, which the tiny model does not learn yet) take the same steps with their data (llava/data/tools/synthetic_multi.py) and the flags of
+The other tasks (--task multi_image: two pictures compared; --task video: a moving dot's direction)
+take the same steps with their data (llava/data/tools/synthetic_multi.py) and the flags of
 llava/demo_tasks.py appended to the scripts; their chat is about the first held-out question's visuals.
 """
 
@@ -63,10 +63,16 @@ def accuracy(questions: Path, answers: Path) -> tuple[float, dict[str, float]]:
     return sum(flat) / max(1, len(flat)), per
 
 
-def build_models(data_paths: dict, models: Path, tower_steps: int, tower_patch: int = 6) -> None:
+def build_models(
+    data_paths: dict, models: Path, tower_steps: int, tower_patch: int = 6, pretrain_tower=None
+) -> None:
+    """Tokenizer, tiny LLaMA and tiny CLIP tower under `models`; the tower pre-trained by `pretrain_tower`
+    (default: llava.data.tools.synthetic_tower's colour / shape / place classifier)."""
     from llava.conversation import conv_templates
     from llava.data.tools.synthetic import corpus
-    from llava.data.tools.synthetic_tower import pretrain_tower
+
+    if pretrain_tower is None:
+        from llava.data.tools.synthetic_tower import pretrain_tower
     from llava.testing.tiny import build_small_tokenizer, make_tiny_clip, make_tiny_llm
 
     if (models / "tiny-llama" / "config.json").exists() and (models / "tiny-clip" / "READY").exists():
@@ -139,7 +145,7 @@ def main(argv=None) -> dict:
     print(f"[demo] 1/6 data: {args.n_train} training and {args.n_eval} held-out {task.unit} in {data}")
     paths = task.generate(data, n_train=args.n_train, n_eval=args.n_eval)
     print(f"[demo] 2/6 tiny models in {models}")
-    build_models(paths, models, args.tower_steps, task.tower_patch)
+    build_models(paths, models, args.tower_steps, task.tower_patch, task.tower_pretrain)
     times["data + models"] = time.time() - t
 
     t = time.time()

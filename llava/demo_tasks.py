@@ -41,6 +41,9 @@ class Task:
     stage2_flags: tuple[str, ...] = ()  # appended to scripts/tiny/finetune.sh
     question: str = "What colour is the shape?"  # the closing chat's question
     tower_patch: int = 6  # the tiny CLIP's patch size: 48 / patch patches per side, their square per image
+    tower_pretrain: Callable | None = (
+        None  # (tower, pretrain_json, images, select_layer=, steps=) -> accuracy
+    )
 
     def eval_flags(self, paths: dict[str, Path]) -> list[str]:
         """llava.eval.model_vqa_loader's folder flags for this task's question file."""
@@ -75,45 +78,20 @@ def _multi_image_data(out, n_train, n_eval):
 def _video_data(out, n_train, n_eval):
     from llava.data.tools.synthetic_multi import generate_video
 
-    return generate_video(out, n_train=n_train, n_eval=n_eval, frames=VIDEO_FRAMES)
-
-
-VIDEO_FRAMES = 8
-# A video: 8 frames, each 8x8 patches pooled to 4x4 (one token per grid cell of the dot), one newline
-# after every row of every frame (LLaVA-NeXT's "grid"); the newline needs an unpad merge type.
-VIDEO_MODEL_FLAGS = (
-    "--mm_patch_merge_type", "spatial_unpad", "--mm_newline_position", "grid",
-    "--mm_spatial_pool_stride", "2", "--mm_spatial_pool_mode", "bilinear",
-)  # fmt: skip
-
-TASKS: dict[str, Task] = {
-    "default": Task(
-        name="default", unit="pictures", chance=0.25,
-        sizes=Sizes(2000, 300, 3, 400), quick=Sizes(600, 90, 2, 200), generate=_default_data,
-    ),
-    "multi_image": Task(
-        name="multi_image", unit="pairs of pictures", chance=0.5,
-        sizes=Sizes(2000, 200, 2, 200), quick=Sizes(800, 80, 2, 100), generate=_multi_image_data, tower_patch=12,
-        question="Is the shape in the second picture the same colour as in the first?",
-    ),
-    "video": Task(
-        name="video", unit="videos", chance=0.25,
-        sizes=Sizes(800, 200, 3, 200), quick=Sizes(300, 80, 2, 100), generate=_video_data,
-        stage1_flags=VIDEO_MODEL_FLAGS,
-        stage2_flags=("--video_folder", "{data}", "--frames_upbound", str(VIDEO_FRAMES)) + VIDEO_MODEL_FLAGS,
-        question="Which way does the dot move?",
-    ),
-}  # fmt: skip
-
-
-def expand(flags: tuple[str, ...], data: Path) -> list[str]:
-    """The flags with `{data}` replaced by the task's data folder."""
-    return [f.replace("{data}", str(data)) for f in flags]
+    return generate_video(
+        out, n_train=n_train, n_eval=n_eval, frames=VIDEO_FRAMES, cells=VIDEO_CELLS, folder_fraction=0.5
+    )
 
 
 def pretrain_cell_tower(
-    tower_dir, pretrain_json, image_folder, steps: int, select_layer: int = -2, batch_size: int = 32,
-    lr: float = 2e-3, seed: int = 0,
+    tower_dir,
+    pretrain_json,
+    image_folder,
+    steps: int,
+    select_layer: int = -2,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
 ) -> float:
     """The video task's tower pre-training: like llava.data.tools.synthetic_tower's, but the heads (on the
     mean of the features of the layer LLaVA reads) name the dot's exact grid cell and its colour, taken
@@ -161,3 +139,36 @@ def pretrain_cell_tower(
         acc = 0.9 * acc + 0.1 * hits.float().mean().item()
     tower.save_pretrained(tower_dir)
     return acc
+
+
+VIDEO_FRAMES = 8  # frames per clip, all of them taken (--frames_upbound 8)
+VIDEO_CELLS = 3  # the dot steps over a 3 x 3 wrapping grid
+# Each frame's 6 x 6 patch map pooled (average) to one token: the tiny LLM then sees the clip as 8 tokens
+# in a row and learns the order of the dot's cells fastest (finer maps learnt the axis, not the sign).
+VIDEO_MODEL_FLAGS = ("--mm_spatial_pool_stride", "6", "--mm_spatial_pool_mode", "average")
+
+TASKS: dict[str, Task] = {
+    "default": Task(
+        name="default", unit="pictures", chance=0.25,
+        sizes=Sizes(2000, 300, 3, 400), quick=Sizes(600, 90, 2, 200), generate=_default_data,
+    ),
+    "multi_image": Task(
+        name="multi_image", unit="pairs of pictures", chance=0.5,
+        sizes=Sizes(2000, 200, 2, 200), quick=Sizes(800, 80, 2, 100), generate=_multi_image_data, tower_patch=12,
+        question="Is the shape in the second picture the same colour as in the first?",
+    ),
+    "video": Task(
+        name="video", unit="videos", chance=0.25,
+        sizes=Sizes(4000, 200, 5, 200), quick=Sizes(1000, 40, 2, 60), generate=_video_data,
+        tower_patch=8, tower_pretrain=pretrain_cell_tower, stage1_flags=VIDEO_MODEL_FLAGS,
+        stage2_flags=("--video_folder", "{data}", "--frames_upbound", str(VIDEO_FRAMES), *VIDEO_MODEL_FLAGS,
+                      "--learning_rate", "1e-3", "--per_device_train_batch_size", "16",
+                      "--dataloader_num_workers", "1"),
+        question="Which way does the dot move?",
+    ),
+}  # fmt: skip
+
+
+def expand(flags: tuple[str, ...], data: Path) -> list[str]:
+    """The flags with `{data}` replaced by the task's data folder."""
+    return [f.replace("{data}", str(data)) for f in flags]
