@@ -14,9 +14,24 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 
-def answers_for_grader(answers: Sequence[dict]) -> dict[str, str]:
-    """``{"v1_<question_id>": text}`` - what MM-Vet's grader takes."""
-    return {f"v1_{a['question_id']}": a["text"] for a in answers}
+def answers_for_grader(answers: Sequence[dict], metadata: dict | None = None) -> dict[str, str]:
+    """``{"v1_<question_id>": text}`` - what MM-Vet's grader takes, in answer-file order.
+
+    With ``metadata`` (mm-vet.json's layout, from MM-Vet's file or lmms-lab's parquet) the entries follow its
+    order, and a question without an answer or an answer to a question it lacks is an error: the grader
+    would score the file as it is."""
+    out = {f"v1_{a['question_id']}": a["text"] for a in answers}
+    if metadata is None:
+        return out
+    missing = [k for k in metadata if k not in out]
+    if missing:
+        raise KeyError(f"{len(missing)} MM-Vet questions have no answer (first: {missing[:5]}); "
+                       "finish answer generation (it resumes) before converting")  # fmt: skip
+    extra = [k for k in out if k not in metadata]
+    if extra:
+        raise KeyError(f"{len(extra)} answers are to questions the MM-Vet metadata lacks (first: {extra[:5]}): "
+                       "were they made from another question file?")  # fmt: skip
+    return {k: out[k] for k in metadata}
 
 
 def run_totals(grades: dict) -> list[float]:
