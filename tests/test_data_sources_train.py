@@ -115,7 +115,7 @@ def test_a_broken_embedded_image_names_the_sample_and_row(data, kit_tokenizer, f
     args = DataArguments(data_path=str(tmp_path / "shards"), lengths_cache_dir=str(tmp_path / "c"))
     ds = LazySupervisedDataset(str(tmp_path / "shards"), kit_tokenizer, args, fmt)
     ds.prepare()  # pad mode reads no pixels before training
-    with pytest.raises(BadSampleError, match=r"sample 'i1' \(index 1\).*sub/p1.png.*cannot be read"):
+    with pytest.raises(BadSampleError, match=r"sample 'i1' \(index 1, row 1 of .*shards\).*sub/p1.png.*cannot be read"):
         ds[1]
 
 

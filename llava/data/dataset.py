@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -87,6 +88,8 @@ def load_samples(data_path: str | os.PathLike) -> list[dict]:
         raise FileNotFoundError(f"--data_path {path} does not exist")
     try:
         samples = read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--data_path {path} is not UTF-8 text ({e}); JSON data files must be") from None
     except ValueError as e:
         raise ValueError(f"--data_path {e}") from None
     if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
@@ -110,29 +113,73 @@ def check_sample_shape(sample: dict, is_multimodal: bool) -> str | None:
 
 
 class SampleView(Sequence):
-    """The samples a dataset trains on: rows `rows` of a source (llava.data.sources: a JSON list, parquet
-    shards, a mixture), read on access, never copied into a list."""
+    """The samples a dataset trains on: rows `rows` (an int64 array) of a source (llava.data.sources: a
+    JSON list, parquet shards, a mixture), read on access, never copied into a list."""
 
     def __init__(self, source, rows=None):
         self.source = source
-        self.rows = list(range(len(source))) if rows is None else list(rows)
+        self.rows = np.arange(len(source), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
-        return self.source[self.rows[i]]
+        return self.source[int(self.rows[i])]
 
-    def subset(self, keep: list[int]) -> SampleView:
-        return SampleView(self.source, [self.rows[i] for i in keep])
+    def subset(self, keep) -> SampleView:
+        return SampleView(self.source, self.rows[np.asarray(keep, dtype=np.int64)])
 
     def folders(self, i: int) -> tuple[str | None, str | None]:
         """(image folder, video folder) of sample `i` when its source names them (a mixture entry)."""
-        row = self.rows[i]
+        row = int(self.rows[i])
         return self.source.image_folder(row), self.source.video_folder(row)
 
     def describe(self, i: int) -> str:
-        return self.source.describe(self.rows[i])
+        return self.source.describe(int(self.rows[i]))
+
+
+class RaggedInts(Sequence):
+    """A list of integer lists kept as one flat int64 array and offsets: item `i` is
+    `flat[offsets[i]:offsets[i + 1]]`, given as a list. Per-sample visual token costs, without a Python
+    object per sample (which DataLoader workers would copy as they touch it)."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray):
+        self.flat, self.offsets = flat, offsets
+
+    @classmethod
+    def from_lists(cls, lists) -> RaggedInts:
+        sizes = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+        offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        flat = np.fromiter((v for x in lists for v in x), dtype=np.int64, count=int(offsets[-1]))
+        return cls(flat, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> list[int]:
+        return self.flat[self.offsets[i] : self.offsets[i + 1]].tolist()
+
+    def take(self, rows: np.ndarray) -> RaggedInts:
+        """The items at `rows`, in that order."""
+        starts, ends = self.offsets[rows], self.offsets[np.asarray(rows) + 1]
+        sizes = ends - starts
+        offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        picks = np.repeat(starts - offsets[:-1], sizes) + np.arange(offsets[-1], dtype=np.int64)
+        return RaggedInts(self.flat[picks], offsets)
+
+
+class _TextViews(Sequence):
+    """`text_view` of the samples `indices` of `view`, read when asked for (the token cache reads them
+    only when it has to tokenise), so prepare() holds no list of all samples."""
+
+    def __init__(self, view: SampleView, indices: np.ndarray):
+        self.view, self.indices = view, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict:
+        return text_view(self.view[int(self.indices[k])])
 
 
 def text_view(sample: dict) -> dict:
@@ -157,7 +204,9 @@ class LazySupervisedDataset(Dataset):
     `seed`: a YAML mixture's `random:` sampling (training passes --data_seed, else --seed).
     """
 
-    def __init__(self, data_path: str, tokenizer, data_args, sample_format: SampleFormat, seed: int = 0):
+    def __init__(
+        self, data_path: str, tokenizer, data_args, sample_format: SampleFormat, seed: int = 0, samples=None
+    ):
         super().__init__()
         if not isinstance(sample_format, SampleFormat):
             raise TypeError(
@@ -175,15 +224,19 @@ class LazySupervisedDataset(Dataset):
         self.lengths_cache_dir = data_args.lengths_cache_dir
         from llava.data.sources import open_source
 
-        self.list_data_dict = SampleView(open_source(data_path, seed=seed))
+        # `samples`: what to read the samples through instead (llava.data.streaming_dataset's StreamView)
+        self.list_data_dict = (
+            samples if samples is not None else SampleView(open_source(data_path, seed=seed))
+        )
         if not len(self.list_data_dict):
             raise ValueError(f"--data_path {self.data_path} holds no samples")
-        self._has_visuals: list[bool] | None = None
-        self._text_lengths: list[int] | None = None
+        # per-sample state after prepare(), all numpy (no Python object per sample: workers share it)
+        self._has_visuals: np.ndarray | None = None  # bool
+        self._text_lengths: np.ndarray | None = None  # int64: text tokens after the cut
         self._tokens = None  # TokenStore after prepare()
-        self._token_rows: list[int] | None = None  # sample index -> row of the token store
+        self._token_rows: np.ndarray | None = None  # int64: sample index -> row of the token store
         self._loader: VisualLoader | None = None  # built on first use
-        self._visual_tokens: list[list[int]] | None = None  # each sample's visual costs, after prepare()
+        self._visual_tokens: RaggedInts | None = None  # each sample's visual costs, after prepare()
         self._skipped = SharedCounter()  # samples replaced while loading, summed over loader workers
         self._failed: set[int] = set()
         self.cut = 0  # samples the length budget cut (after prepare())
@@ -222,44 +275,42 @@ class LazySupervisedDataset(Dataset):
 
     def prepare(self) -> None:
         """Probe visuals (files exist; an anyres image's size, a video's frames), count tokens (cached next
-        to the data); raise on or drop bad samples."""
+        to the data); raise on or drop bad samples. Afterwards the per-sample state is numpy arrays."""
         if self._text_lengths is not None:
             return
-        texts = [text_view(s) for s in self.list_data_dict]  # one pass over the data, without its bytes
-        errors = {i: err for i, s in enumerate(texts) if (err := check_sample_shape(s, self.is_multimodal))}
-        sample_ids = [s.get("id", f"#{i}") for i, s in enumerate(texts)]
-        good = [s for i, s in enumerate(texts) if i not in errors]
-        good_index = [i for i in range(len(texts)) if i not in errors]
-        file_errors, costs = self._probe_visuals(good_index) if self.is_multimodal else ({}, {})
-        good_costs = [costs.get(i, []) for i in good_index]
-        source = self.list_data_dict.source
+        view, n = self.list_data_dict, len(self.list_data_dict)
+        errors, visual = self._check_shapes()
+        good_index = np.array([i for i in range(n) if i not in errors], dtype=np.int64)
+        file_errors, costs = self._probe_visuals(good_index.tolist()) if self.is_multimodal else ({}, {})
+        good_costs = [costs.pop(i, []) for i in good_index.tolist()]
+        del costs
         cache = load_or_build(
-            self.data_path, good, self.tokenizer, self.sample_format, self.lengths_cache_dir, good_costs,
-            data_fingerprint=None if os.path.isfile(self.data_path) else source.fingerprint,
+            self.data_path, _TextViews(view, good_index), self.tokenizer, self.sample_format,
+            self.lengths_cache_dir, good_costs,
+            data_fingerprint=None if os.path.isfile(self.data_path) else view.source.fingerprint,
         )  # fmt: skip
-        counts, count_errors = cache.lengths, cache.errors
-        lengths = dict(zip(good_index, counts))
-        rows = {i: k for k, i in enumerate(good_index)}
+        good_visual_tokens = RaggedInts.from_lists(good_costs)
+        del good_costs
         errors.update(file_errors)
-        errors.update({good_index[j]: err for j, err in count_errors.items() if good_index[j] not in errors})
-        was_cut = {good_index[j] for j in cache.cut} - set(errors)
+        for j, err in cache.errors.items():  # tokenising failed: kept unless the sample failed before
+            errors.setdefault(int(good_index[j]), err)
+        text_lengths, token_rows = np.zeros(n, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+        text_lengths[good_index] = np.asarray(cache.lengths, dtype=np.int64)
+        token_rows[good_index] = np.arange(len(good_index), dtype=np.int64)
+        was_cut = sorted({int(good_index[j]) for j in cache.cut} - set(errors))
+        keep = np.arange(n, dtype=np.int64)
         if errors:
             self._report(errors)
-            keep = [i for i in range(len(self.list_data_dict)) if i not in errors]
-            self.list_data_dict = self.list_data_dict.subset(keep)
-            texts = [texts[i] for i in keep]
-            lengths = {new: lengths[old] for new, old in enumerate(keep)}
-            rows = {new: rows[old] for new, old in enumerate(keep)}
-            costs = {new: costs.get(old, []) for new, old in enumerate(keep)}
+            keep = np.setdiff1d(keep, np.fromiter(errors, dtype=np.int64, count=len(errors)))
+            self.list_data_dict = view.subset(keep)
             if not self.list_data_dict:
                 raise ValueError(f"no usable samples left in {self.data_path}")
-        self._has_visuals = [has_visuals(s) for s in texts]
-        self._text_lengths = [lengths[i] for i in range(len(self.list_data_dict))]
-        self._visual_tokens = [costs.get(i, []) for i in range(len(self.list_data_dict))]
-        self._tokens, self._token_rows = cache.tokens, [rows[i] for i in range(len(self.list_data_dict))]
+        self._has_visuals, self._text_lengths = visual[keep], text_lengths[keep]
+        self._tokens, self._token_rows = cache.tokens, token_rows[keep]
+        self._visual_tokens = good_visual_tokens.take(self._token_rows)
         self.cut = len(was_cut)
         if was_cut:
-            ids = [repr(sample_ids[i]) for i in sorted(was_cut)[:MAX_LISTED_CUT]]
+            ids = [repr(view[i].get("id", f"#{i}")) for i in was_cut[:MAX_LISTED_CUT]]
             more = f" and {len(was_cut) - MAX_LISTED_CUT} more" if len(was_cut) > MAX_LISTED_CUT else ""
             logger.warning(
                 "%d of %d samples are longer than --model_max_length %d (visual tokens included) and are "
@@ -270,6 +321,19 @@ class LazySupervisedDataset(Dataset):
                 ", ".join(ids),
                 more,
             )
+
+    def _check_shapes(self) -> tuple[dict[int, str], np.ndarray]:
+        """({index: why its structure is unusable}, whether each sample has visuals), in one pass over
+        the samples (without their bytes), keeping none of them."""
+        errors, visual = {}, np.zeros(len(self.list_data_dict), dtype=bool)
+        for i, sample in enumerate(self.list_data_dict):
+            sample = text_view(sample)
+            problem = check_sample_shape(sample, self.is_multimodal)
+            if problem:
+                errors[i] = problem
+            else:
+                visual[i] = has_visuals(sample)
+        return errors, visual
 
     def _report(self, errors: dict[int, str]) -> None:
         listed = "\n".join(
@@ -296,13 +360,13 @@ class LazySupervisedDataset(Dataset):
         """Tokens per sample the model sees after the cut: `LengthBudget.cost` of text and visuals."""
         self.prepare()
         cost = self.budget.cost
-        return [cost(t, c) for t, c in zip(self._text_lengths, self._visual_tokens)]
+        return [cost(t, c) for t, c in zip(self._text_lengths.tolist(), self._visual_tokens)]
 
     @property
     def modality_lengths(self) -> list[int]:
         """`lengths`, negated for text-only samples (the modality-grouped sampler's input)."""
         lengths = self.lengths
-        return [n if v else -n for n, v in zip(lengths, self._has_visuals)]
+        return [n if v else -n for n, v in zip(lengths, self._has_visuals.tolist())]
 
     # ---------------------------------------------------------------- loading
     @property
@@ -311,12 +375,14 @@ class LazySupervisedDataset(Dataset):
             self._loader = VisualLoader(self.sample_format)
         return self._loader
 
+    def _where(self, i: int) -> str:
+        """Where sample `i` is, for messages: 'index 7, row 7 of data.json'."""
+        return f"index {i}, {self.list_data_dict.describe(i)}"
+
     def _error(self, i: int, message: str) -> BadSampleError:
         sid = self.list_data_dict[i].get("id", "?")
         hint = "" if self.skip_bad_samples else " (or pass --skip_bad_samples True)"
-        return BadSampleError(
-            f"sample {sid!r} (index {i}) of {self.data_path}: {message}{hint}", sample_id=sid, index=i
-        )
+        return BadSampleError(f"sample {sid!r} ({self._where(i)}): {message}{hint}", sample_id=sid, index=i)
 
     def _load(self, i: int) -> dict:
         from llava.data.preprocess import SampleError
@@ -336,7 +402,7 @@ class LazySupervisedDataset(Dataset):
             image, size = self.loader.stand_in()
             item["images"], item["image_sizes"], item["modalities"] = [image], [size], ["image"]
         if self._tokens is not None:
-            ids, labels = self._tokens.get(self._token_rows[i])
+            ids, labels = self._tokens.get(int(self._token_rows[i]))
             costs = self._visual_tokens[i]
         else:  # not prepared: tokenise (and cut) this one sample now, as the token cache does
             costs = self._costs_of_loaded(sample, item) if visuals else []
@@ -374,7 +440,7 @@ class LazySupervisedDataset(Dataset):
 
     def _modality(self, i: int) -> bool:
         if self._has_visuals is not None:
-            return self._has_visuals[i]
+            return bool(self._has_visuals[i])
         return has_visuals(self.list_data_dict[i])
 
     def _substitute(self, i: int) -> int:
@@ -411,7 +477,14 @@ def make_supervised_data_module(
 
     seed = getattr(training_args, "data_seed", None)
     seed = seed if seed is not None else getattr(training_args, "seed", 0)
-    dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, sample_format, seed=seed)
+    if getattr(data_args, "streaming", False):
+        from llava.data.streaming_dataset import StreamingSupervisedDataset
+
+        dataset = StreamingSupervisedDataset(
+            data_args.data_path, tokenizer, data_args, sample_format, seed, data_args.streaming_window_rows
+        )
+    else:
+        dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, sample_format, seed=seed)
     if training_args is not None:
         with training_args.main_process_first(local=True, desc="counting tokens"):
             dataset.prepare()

@@ -6,7 +6,8 @@
     source.image_folder(i), source.video_folder(i)  # a mixture entry's folders; None: the run's flags
 
 What `data_path` may be:
-- a `.json` (a list of samples) or `.jsonl` file: read whole, as LLaVA has always read it;
+- a `.json` (a list of samples) or `.jsonl` file: read whole (its bytes, with each sample's offsets;
+  a sample is parsed when it is read), with the errors LLaVA's json.load gives;
 - a `.yaml` / `.yml` mixture (LLaVA-NeXT's `datasets:` list; llava.data.mixture);
 - a `.parquet` or `.arrow` file, a folder of them (searched recursively) or a glob of them;
 - a `datasets` `save_to_disk` folder (`dataset_info.json` + `state.json`, or a `dataset_dict.json`
@@ -27,10 +28,16 @@ from __future__ import annotations
 import collections.abc
 import glob
 import hashlib
+import io
 import json
 import os
+import re
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
 
 TABLE_SUFFIXES = (".parquet", ".arrow")
 JSON_SUFFIXES = (".json", ".jsonl")
@@ -116,14 +123,25 @@ class SampleSource(collections.abc.Sequence):
 
 
 class JsonSource(SampleSource):
-    """A JSON list or JSON-lines file, read whole (`load_samples`' rules and errors). `samples`: the dicts."""
+    """A JSON list or JSON-lines file (`load_samples`' rules and errors), held compactly: the file's bytes
+    once and each sample's (start, end) byte offsets in a numpy array; a sample is parsed when asked for.
+
+    Nothing per sample is a Python object, so forked DataLoader workers share these pages instead of
+    copying them as they touch a list of dicts' reference counts (copy-on-access). Opening checks every
+    sample (valid JSON, an object) without keeping it; a file `load_samples` rejects raises its error."""
 
     def __init__(self, path: str | os.PathLike):
-        from llava.data.dataset import load_samples
-
         self.path = str(path)
         self.name = self.path
-        self.samples: list[dict] = load_samples(path)
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"--data_path {file} does not exist")
+        self._data = file.read_bytes()
+        scan = _jsonl_offsets if file.suffix == ".jsonl" else _json_list_offsets
+        offsets = scan(self._data)
+        if offsets is None or not len(offsets):
+            _raise_as_load_samples(file)
+        self._offsets = offsets
         self._fingerprint = files_fingerprint([path])
 
     @property
@@ -131,13 +149,128 @@ class JsonSource(SampleSource):
         return self._fingerprint
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self._offsets)
 
     def _get(self, i: int) -> dict:
-        return self.samples[i]
+        start, end = self._offsets[i]
+        return json.loads(self._data[start:end])
 
-    def ids(self) -> list:
-        return [s.get("id") for s in self.samples]
+
+JSON_WINDOW = 1 << 22  # bytes of a JSON list decoded to text at a time while indexing it
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")  # what JSON counts as white space
+
+
+def _raise_as_load_samples(path: Path) -> NoReturn:
+    """Raise the error `load_samples` gives for a file the compact index refused (an invalid file)."""
+    from llava.data.dataset import load_samples
+
+    load_samples(path)
+    raise ValueError(f"--data_path {path}: its samples could not be indexed, though json.load reads them")
+
+
+class _TextWindow:
+    """The text of UTF-8 `data`, decoded `JSON_WINDOW` bytes at a time as a scan moves through it, with the
+    byte offset of each character position the scan reports (positions only move forward)."""
+
+    def __init__(self, data: bytes):
+        self.data, self.view = data, memoryview(data)
+        self.top = 0  # bytes decoded so far
+        self.text, self.pos = "", 0
+        self.mark = (0, 0)  # (a position in text, its byte offset in data)
+        self.more()
+
+    def more(self) -> bool:
+        """Decode the next window of bytes onto the text (dropping what the scan has passed); False at
+        the end of the data. Raises UnicodeDecodeError for bytes that are not UTF-8."""
+        if self.top >= len(self.data):
+            return False
+        top = min(self.top + JSON_WINDOW, len(self.data))
+        while top < len(self.data) and self.data[top] & 0xC0 == 0x80:  # not inside a character
+            top -= 1
+        start = self.byte(self.pos)
+        self.text = self.text[self.pos :] + str(self.view[self.top : top], "utf-8")
+        self.pos, self.mark, self.top = 0, (0, start), top
+        return True
+
+    def byte(self, pos: int) -> int:
+        """The byte offset in data of text position `pos` (not before the last one asked for)."""
+        at, offset = self.mark
+        piece = self.text[at:pos]
+        offset += len(piece) if piece.isascii() else len(piece.encode("utf-8"))
+        self.mark = (pos, offset)
+        return offset
+
+    def peek(self) -> str:
+        """The next character that is not JSON white space ('' at the end), moving past the white space."""
+        while True:
+            self.pos = _JSON_SPACE.match(self.text, self.pos).end()
+            if self.pos < len(self.text) or not self.more():
+                return self.text[self.pos : self.pos + 1]
+
+    def value(self, decoder: json.JSONDecoder):
+        """(the JSON value at the position, its start and end byte offsets), or None if it is not valid."""
+        while True:
+            try:
+                value, end = decoder.raw_decode(self.text, self.pos)
+            except json.JSONDecodeError:
+                if self.more():
+                    continue  # perhaps only cut by the window's end
+                return None
+            start = self.byte(self.pos)
+            self.pos = end
+            return value, start, self.byte(end)
+
+
+def _json_list_offsets(data: bytes) -> np.ndarray | None:
+    """(start, end) byte offsets of each object of the JSON list in `data` (an int64 array of shape
+    (n, 2)), or None where `load_samples` would not give a list of objects: invalid JSON, another
+    value, an element that is not an object. Each object is decoded and dropped, so the memory used is
+    the window's text, not the whole file's objects as json.load's."""
+    try:
+        window = _TextWindow(data)
+        if window.peek() != "[":
+            return None
+        window.pos += 1
+        found, decoder = array("q"), json.JSONDecoder()
+        if window.peek() == "]":
+            return None  # empty: load_samples says so
+        while True:
+            got = window.value(decoder)
+            if got is None or not isinstance(got[0], dict):
+                return None
+            found.extend(got[1:])
+            after = window.peek()
+            window.pos += 1
+            if after == "]":
+                break
+            if after != "," or window.peek() in ("]", ""):
+                return None
+        if window.peek() != "":
+            return None
+    except UnicodeDecodeError:
+        return None
+    return np.frombuffer(found, dtype=np.int64).reshape(-1, 2).copy()
+
+
+def _jsonl_offsets(data: bytes) -> np.ndarray | None:
+    """(start, end) byte offsets of each non-blank line of the JSON-lines `data` (an int64 array of shape
+    (n, 2)), or None where a line is not a JSON object or the bytes are not UTF-8. Lines split as
+    `read_jsonl` reads them (text mode: \\n, \\r\\n or \\r); each line is decoded and dropped."""
+    found, offset = array("q"), 0
+    try:
+        for line in io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", newline=""):
+            size = len(line) if line.isascii() else len(line.encode("utf-8"))
+            if line.strip():
+                try:
+                    if not isinstance(json.loads(line), dict):
+                        return None
+                except json.JSONDecodeError:
+                    return None
+                found.extend((offset, offset + size))
+            offset += size
+    except UnicodeDecodeError:
+        return None
+    return np.frombuffer(found, dtype=np.int64).reshape(-1, 2).copy()
 
 
 def _visual(value, where: str, column: str):

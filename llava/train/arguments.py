@@ -54,16 +54,24 @@ class ModelArguments:
     )
     mm_spatial_pool_stride: Optional[int] = field(
         default=None,
-        metadata={"help": "Video frames' features are pooled by this stride (default: the checkpoint's, else 2)."},
+        metadata={
+            "help": "Video frames' features are pooled by this stride (default: the checkpoint's, else 2)."
+        },
     )
     mm_spatial_pool_mode: Optional[str] = field(
         default=None,
-        metadata={"help": "Video feature pooling: bilinear, average or max (default: the checkpoint's, else bilinear)."},
+        metadata={
+            "help": "Video feature pooling: bilinear, average or max (default: the checkpoint's, else bilinear)."
+        },
     )
 
 
 # What LLaVA-NeXT's training writes for a new model when these flags are not given.
-VIDEO_TRAINING_DEFAULTS = {"mm_newline_position": "grid", "mm_spatial_pool_stride": 2, "mm_spatial_pool_mode": "bilinear"}
+VIDEO_TRAINING_DEFAULTS = {
+    "mm_newline_position": "grid",
+    "mm_spatial_pool_stride": 2,
+    "mm_spatial_pool_mode": "bilinear",
+}
 
 
 @dataclass
@@ -76,7 +84,8 @@ class DataArguments:
     is_multimodal: bool = False
     image_folder: Optional[str] = field(default=None)
     image_aspect_ratio: str = field(
-        default="square", metadata={"help": "square, pad, anyres or anyres_max_N (at most N tiles' worth of tokens)."}
+        default="square",
+        metadata={"help": "square, pad, anyres or anyres_max_N (at most N tiles' worth of tokens)."},
     )
     image_grid_pinpoints: Optional[str] = field(
         default=None,
@@ -91,9 +100,12 @@ class DataArguments:
     frames_upbound: int = field(
         default=0, metadata={"help": "At most this many frames per video, sampled uniformly (0: no bound)."}
     )
-    video_fps: int = field(default=1, metadata={"help": "Frames per second taken from a video before the bound."})
+    video_fps: int = field(
+        default=1, metadata={"help": "Frames per second taken from a video before the bound."}
+    )
     force_sample: bool = field(
-        default=False, metadata={"help": "Always sample exactly --frames_upbound frames, however short the video."}
+        default=False,
+        metadata={"help": "Always sample exactly --frames_upbound frames, however short the video."},
     )
     skip_bad_samples: bool = field(
         default=False,
@@ -101,6 +113,18 @@ class DataArguments:
             "help": "Skip (and count) samples whose image is missing/corrupt or whose conversation cannot be "
             "tokenised, instead of stopping with an error that names the sample."
         },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read --data_path (parquet / arrow shards) shard by shard in a seeded stream order, for data "
+            "larger than memory or the disk cache: nothing read up front, exact mid-shard resume; no length "
+            "grouping, no global shuffle (llava.data.streaming)."
+        },
+    )
+    streaming_window_rows: int = field(
+        default=2048,
+        metadata={"help": "--streaming: rows shuffled together and held in memory at a time, per process."},
     )
     lengths_cache_dir: Optional[str] = field(
         default=None,

@@ -80,6 +80,8 @@ class LLaVATrainer(Trainer):
     # ------------------------------------------------------------------ sampler
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if hasattr(dataset, "stream_sampler"):  # --streaming: the stream order (llava.data.streaming)
+            return dataset.stream_sampler()
         by_modality = getattr(self.args, "group_by_modality_length", False)
         by_length = getattr(self.args, "group_by_length", False)
         if dataset is None or not (by_modality or by_length) or not hasattr(dataset, "__len__"):
@@ -95,8 +97,10 @@ class LLaVATrainer(Trainer):
 
     def get_train_dataloader(self):
         """With --packing: micro-batches of packed rows from PackedBatchSampler, else the HF loader."""
-        if not getattr(self.args, "packing", False):
-            return super().get_train_dataloader()
+        if not getattr(self.args, "packing", False) or hasattr(self.train_dataset, "stream_sampler"):
+            return (
+                super().get_train_dataloader()
+            )  # --streaming --packing: the collator packs each micro-batch
         from torch.utils.data import DataLoader
 
         from llava.model.packed_inputs import layout_for

@@ -7,7 +7,8 @@
   --image_grid_pinpoints; the files named by --data_path, --image_folder and
   --pretrain_mm_mlp_adapter; --fp16 without a GPU (`check_precision`);
 - --mm_vision_select_layer against the depth of the --vision_tower, read from its config.json
-  (`check_vision_tower`).
+  (`check_vision_tower`);
+- --streaming against the kind of --data_path (parquet / arrow shards only: `check_streaming`).
 
 Every error names the flag and the valid values.
 """
@@ -115,7 +116,10 @@ def check_model_flags(model_args, data_args) -> None:
             check(value)
         except ValueError as err:
             raise ValueError(f"--{flag}: {err}") from None
-    if int(getattr(data_args, "frames_upbound", 0) or 0) < 0 or int(getattr(data_args, "video_fps", 1) or 0) < 1:
+    if (
+        int(getattr(data_args, "frames_upbound", 0) or 0) < 0
+        or int(getattr(data_args, "video_fps", 1) or 0) < 1
+    ):
         raise ValueError("--frames_upbound must be >= 0 (0: no bound) and --video_fps >= 1")
 
 
@@ -123,9 +127,14 @@ def check_files(model_args, data_args) -> None:
     """The files the run reads after the model is loaded exist (a typo costs no loading time)."""
     data_path = data_args.data_path
     if not data_path:
-        raise ValueError("--data_path is required: the training JSON (list) or JSON-lines file")
-    if not os.path.isfile(data_path):
-        raise FileNotFoundError(f"--data_path {data_path} does not exist (or is not a file)")
+        raise ValueError(
+            "--data_path is required: the training JSON (list) or JSON-lines file, parquet / arrow shards "
+            "(a file, folder or glob), a save_to_disk folder or a YAML mixture"
+        )
+    import glob
+
+    if not glob.has_magic(data_path) and not os.path.exists(data_path):
+        raise FileNotFoundError(f"--data_path {data_path} does not exist")
     for flag in ("image_folder", "video_folder"):
         folder = getattr(data_args, flag, None)
         if folder and not os.path.isdir(folder):
@@ -200,3 +209,16 @@ def preflight(data_args, training_args, model_args=None) -> None:
         check_model_flags(model_args, data_args)
         check_files(model_args, data_args)
         check_vision_tower(model_args)
+    check_streaming(data_args, training_args)
+
+
+def check_streaming(data_args, training_args) -> None:
+    """--streaming reads parquet / arrow shards only; its window must hold at least one row."""
+    if not getattr(data_args, "streaming", False):
+        return
+    if data_args.streaming_window_rows < 1:
+        raise ValueError(f"--streaming_window_rows {data_args.streaming_window_rows} must be at least 1")
+    if data_args.data_path:
+        from llava.data.streaming import shard_files
+
+        shard_files(data_args.data_path)
