@@ -215,3 +215,20 @@ def test_image_tokens_count_against_model_max_length(data, processor, tokenizer)
     # 19 image tokens: now only BOS and the image fit, nothing to learn
     with pytest.raises(BadSampleError, match=r"no target token fits in --model_max_length 20"):
         _dataset(data["pretrain"], short, args, processor, "plain", num_image_tokens=19)[0]
+
+
+@pytest.mark.parametrize(
+    "module", ["llava.conversation_templates", "llava.conversation", "llava.data.preprocess", "llava.constants"]
+)
+def test_the_token_cache_key_follows_the_rendering_code(module, tmp_path, monkeypatch):
+    # a template's text or a label rule edited in any of these files must not read tokens cached before
+    import importlib
+
+    from llava.data.length_cache import code_fingerprint
+
+    mod = importlib.import_module(module)
+    before = code_fingerprint()
+    copy = tmp_path / "edited.py"
+    copy.write_bytes(open(mod.__file__, "rb").read() + b"\n# edited\n")
+    monkeypatch.setattr(mod, "__file__", str(copy))
+    assert code_fingerprint() != before

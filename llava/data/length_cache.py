@@ -87,15 +87,18 @@ def cache_key(
 def code_fingerprint() -> str:
     """A hash of the code that renders and tokenises samples (templates, label building), so a
     changed template or label rule never reads tokens cached by the old code."""
+    import llava.constants
     import llava.conversation
+    import llava.conversation_templates
     import llava.data.length_budget
     import llava.data.preprocess
     import llava.data.sample_format
+    import llava.data.visuals
     import llava.mm_utils
 
     h = hashlib.sha256()
-    modules = (llava.conversation, llava.data.preprocess, llava.mm_utils, llava.data.sample_format,
-               llava.data.length_budget)  # fmt: skip
+    modules = (llava.conversation, llava.conversation_templates, llava.constants, llava.data.preprocess,
+               llava.mm_utils, llava.data.sample_format, llava.data.length_budget, llava.data.visuals)  # fmt: skip
     for module in modules:
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()

@@ -143,7 +143,8 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-_NAMED = re.compile(r"sample (.+?) \(index (\d+)\) of ")
+# llava.data.dataset's message: "sample 'x' (index 4, row 4 of data.json): ..." (streaming: "position 4 of epoch 0")
+_NAMED = re.compile(r"sample (.+?) \((?:index|position) (\d+)[,)]")
 
 
 def _describe(err: BadSampleError) -> str:
