@@ -5,7 +5,8 @@ web demo's upload): `visuals` is one PIL image (the original's shape), or a list
 and/or `VideoClip`s; with a list, `text` already holds one `<image>` per visual. These helpers pad
 or resize images as the original demo did, return the visuals of a conversation for a worker
 request (base64; a video as a list of base64 frames) or for display (PIL), render the prompt
-(`prompt_text`), save uploads under the log folder, and render the conversation for a Gradio
+(`prompt_text`) and the worker request (`worker_payload`), open and check the upload box's files
+(`gallery_visuals`, `check_gallery`), save uploads under the log folder, and render the conversation for a Gradio
 chatbot (`chatbot_messages` for Gradio 6, `to_gradio_chatbot` in the original's pairs format).
 The template (`llava.conversation`) only renders text.
 
@@ -18,11 +19,13 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import mimetypes
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS
 from llava.utils.atomic import atomic_path
 
 IMAGE_PROCESS_MODES = ("Crop", "Resize", "Pad", "Default")
@@ -42,9 +45,57 @@ def turn_visuals(msg) -> list:
     return list(visuals) if isinstance(visuals, list) else [visuals]
 
 
-def gallery_visuals(gallery, max_video_frames: int = 32) -> list:
-    """The web page's upload box (Gradio Gallery items: PIL images, videos as file paths) as visuals:
-    PIL images, or one `VideoClip` with its frames sampled evenly (at most `max_video_frames`)."""
+def _is_video(path: str) -> bool:
+    return (mimetypes.guess_type(path)[0] or "").startswith("video/")
+
+
+def _read_upload(path: str) -> tuple[bytes, str]:
+    """(the bytes of an uploaded file, its name in messages); ImageInputError when it cannot be read."""
+    from llava.serve.images import ImageInputError
+
+    name = f"The upload {Path(path).name}"
+    try:
+        return Path(path).read_bytes(), name
+    except OSError as e:
+        raise ImageInputError(f"{name} cannot be read ({e.strerror})") from None
+
+
+def _open_upload(path: str, max_pixels: int | None):
+    """An uploaded image file as an RGB PIL image; ImageInputError naming the file when it is none."""
+    from llava.serve.images import decode_image_bytes
+
+    return decode_image_bytes(*_read_upload(path), max_pixels)
+
+
+def _media(item):
+    """The file path or PIL image of a Gradio Gallery item (`(media, caption)` or the media itself)."""
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def check_gallery(gallery, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[list, list[str]]:
+    """(the items of the upload box that are usable, a reason per refused one): an image file that
+    does not open (or is over `max_pixels`) is refused from its header; videos are checked at Send."""
+    from llava.serve.images import ImageInputError, open_image_header
+
+    kept, problems = [], []
+    for item in gallery or []:
+        media = _media(item)
+        if isinstance(media, str) and not _is_video(media):
+            try:
+                open_image_header(*_read_upload(media), max_pixels)
+            except ImageInputError as e:
+                problems.append(f"{e}; it was removed: upload an image or a video")
+                continue
+        kept.append(item)
+    return kept, problems
+
+
+def gallery_visuals(
+    gallery, max_video_frames: int = 32, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> list:
+    """The web page's upload box (Gradio Gallery items: file paths, or PIL images in-process) as
+    visuals: RGB PIL images, or one `VideoClip` with its frames sampled evenly (at most
+    `max_video_frames`). A file that is no image, or no video, is a ValueError naming it."""
     from types import SimpleNamespace
 
     from llava.images.inputs import load_video
@@ -55,10 +106,12 @@ def gallery_visuals(gallery, max_video_frames: int = 32) -> list:
         return [gallery]
     visuals = []
     for item in gallery:
-        media = item[0] if isinstance(item, (tuple, list)) else item
-        if isinstance(media, str):
+        media = _media(item)
+        if isinstance(media, str) and _is_video(media):
             frames = load_video(media, SimpleNamespace(frames_upbound=max_video_frames))
             visuals.append(VideoClip(media, frames))
+        elif isinstance(media, str):
+            visuals.append(_open_upload(media, max_pixels))
         else:
             visuals.append(media)
     videos = sum(isinstance(v, VideoClip) for v in visuals)
@@ -78,6 +131,19 @@ def user_turn(text: str, visuals: list, image_process_mode: str):
         return (text if "<image>" in text else text + "\n<image>", visuals[0], image_process_mode)
     text = text.replace("<image>", "").strip()
     return ("<image>\n" * len(visuals) + text, list(visuals), image_process_mode)
+
+
+def worker_payload(state, model_name, temperature, top_p, max_new_tokens) -> dict:
+    """The /worker_generate_stream request for the conversation so far (stop: `state.stop_str`)."""
+    return {
+        "model": model_name,
+        "prompt": prompt_text(state),
+        "temperature": float(temperature),
+        "top_p": float(top_p),
+        "max_new_tokens": min(int(max_new_tokens), 1536),
+        "stop": state.stop_str,
+        "images": get_images(state),
+    }
 
 
 def prompt_text(conv) -> str:

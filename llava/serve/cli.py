@@ -4,7 +4,9 @@
     python -m llava.serve.cli --model-path PATH --image-file a.jpg --image-file b.jpg   # several images
     python -m llava.serve.cli --model-path PATH --video-file clip.mp4                    # or a frames folder
 
-Each line read from stdin is one user turn; an empty line or end of input quits. The first turn
+Each line read from stdin is one user turn; an empty line or end of input (Ctrl-D) quits, Ctrl-C
+quits with status 130, neither with a traceback. On a terminal the line is read with readline: the
+arrow keys edit the line, and up/down recall earlier questions. The first turn
 gets one `<image>` per image (in the order given), or one for the video, at its front. A video's
 frames are sampled as the model was trained (`frames_upbound` in its config, 32 when it has none). The
 conversation template is the one the checkpoint was trained with (`conv_template` in its
@@ -14,24 +16,57 @@ config.json) unless --conv-mode is given; checkpoints without one fall back to t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 
+INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C (128 + SIGINT)
+
 
 def load_image(image_file: str):
-    """A local path or an http(s) URL -> RGB PIL image (clear error when it is not an image)."""
-    from llava.serve.images import decode_image_bytes, fetch_image_url
+    """A local path or an http(s) URL -> RGB PIL image; SystemExit with one line naming the file when
+    it cannot be read or fetched, or is no image."""
+    from llava.serve.images import ImageInputError, decode_image_bytes, fetch_image_url
 
-    if image_file.startswith(("http://", "https://")):
-        data = fetch_image_url(image_file, f"--image-file {image_file}")
-    else:
-        try:
+    what = f"--image-file {image_file}"
+    try:
+        if image_file.startswith(("http://", "https://")):
+            data = fetch_image_url(image_file, what)
+        else:
             with open(image_file, "rb") as f:
                 data = f.read()
-        except OSError as e:
-            raise SystemExit(f"--image-file {image_file}: cannot read it ({e.strerror})") from None
-    return decode_image_bytes(data, f"--image-file {image_file}")
+        return decode_image_bytes(data, what)
+    except OSError as e:
+        raise SystemExit(f"{what}: cannot read it ({e.strerror})") from None
+    except ImageInputError as e:
+        raise SystemExit(str(e)) from None
+
+
+def line_reader(stdin, stdout):
+    """`read(prompt) -> line or None at end of input`. On a terminal it is `input()` with readline
+    loaded, so arrow keys edit the line and recall earlier ones (instead of arriving as escape codes);
+    otherwise (a pipe, a test) plain reads of `stdin`."""
+    if stdin is sys.stdin and stdin.isatty():
+        with contextlib.suppress(ImportError):  # (no readline on Windows: plain input() then)
+            import readline  # noqa: F401 - importing it gives input() line editing and history
+
+        def read_tty(prompt: str) -> str | None:
+            try:
+                return input(prompt)
+            except EOFError:
+                stdout.write("\n")
+                return None
+
+        return read_tty
+
+    def read(prompt: str) -> str | None:
+        stdout.write(prompt)
+        stdout.flush()
+        line = stdin.readline()
+        return line.rstrip("\n") if line else None
+
+    return read
 
 
 def check_video(path: str) -> None:
@@ -82,6 +117,7 @@ def chat(
     from llava.serve.inference import RequestError
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    read = line_reader(stdin, stdout)
     if visuals is None:
         visuals = []
     elif not isinstance(visuals, list):
@@ -89,10 +125,7 @@ def chat(
     roles = ("user", "assistant") if conv.version == "mpt" else conv.roles
     first = True
     while True:
-        stdout.write(f"{roles[0]}: ")
-        stdout.flush()
-        line = stdin.readline()
-        inp = line.rstrip("\n")
+        inp = read(f"{roles[0]}: ")
         if not inp:
             stdout.write("exit...\n")
             return conv
@@ -172,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
+    """The CLI; Ctrl-C (while loading, reading or answering) exits with status 130, no traceback."""
+    try:
+        run(argv)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        sys.stderr.write("interrupted\n")
+        raise SystemExit(INTERRUPTED) from None
+
+
+def run(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if bool(args.image_file) == bool(args.video_file):

@@ -1,6 +1,6 @@
 """The controller: keeps the list of model workers and tells clients which one to use.
 
-    python -m llava.serve.controller --host 0.0.0.0 --port 10000 [--dispatch-method shortest_queue|lottery]
+    python -m llava.serve.controller --port 10000 [--dispatch-method shortest_queue|lottery]
 
 Endpoints (all POST, JSON, as the original): /register_worker, /refresh_all_workers, /list_models,
 /get_worker_address, /receive_heart_beat, /worker_generate_stream (proxied to a worker as a
@@ -9,6 +9,11 @@ NUL-delimited JSON stream), /worker_get_status. Workers that send no heartbeat f
 Added to the original's answers: /list_models and /worker_get_status also give `conv_templates`,
 `{model name: template}` as the workers report it (when any does), so the web server and the API
 render prompts in the template each model's worker serves.
+
+With a shared secret (--secret / $LLAVA_SERVE_SECRET) every endpoint answers 401 without it, so only a
+holder can register a worker; worker addresses must be http(s) URLs (400 otherwise), and the controller
+sends the secret on every call it makes to a worker. Bodies over --max-body-bytes get 413. The relay
+(llava.serve.relay) passes a full worker's 429 on, fails over to another worker and drops dead ones.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import requests
 from fastapi import Request
 
 from llava.constants import CONTROLLER_HEART_BEAT_EXPIRATION
-from llava.serve import protocol
+from llava.serve import protocol, trust
 from llava.serve.logs import build_logger
+from llava.serve.relay import DEFAULT_MAX_IN_FLIGHT
 
 EXPIRATION_ENV = "LLAVA_CONTROLLER_HEART_BEAT_EXPIRATION"
 
@@ -75,8 +81,14 @@ def _valid_status(status) -> bool:
 class Controller:
     """Worker registry and dispatch. Thread-safe; `start_expiry_thread` drops silent workers."""
 
-    def __init__(self, dispatch_method: str = "shortest_queue", heart_beat_expiration: float | None = None):
+    def __init__(
+        self,
+        dispatch_method: str = "shortest_queue",
+        heart_beat_expiration: float | None = None,
+        secret: str | None = None,
+    ):
         self.dispatch_method = DispatchMethod.from_str(dispatch_method)
+        self.secret = secret
         self.heart_beat_expiration = float(
             heart_beat_expiration or protocol.env_float(EXPIRATION_ENV, CONTROLLER_HEART_BEAT_EXPIRATION)
         )
@@ -87,6 +99,8 @@ class Controller:
 
     # --- registry -------------------------------------------------------------------------------
     def register_worker(self, worker_name: str, check_heart_beat: bool, worker_status: dict | None) -> bool:
+        """Add or update a worker (ValueError for an address that is no http(s) URL)."""
+        worker_name = trust.check_worker_url(worker_name)
         if not worker_status:
             worker_status = self.get_worker_status(worker_name)
         if not _valid_status(worker_status):
@@ -109,7 +123,9 @@ class Controller:
 
     def get_worker_status(self, worker_name: str) -> dict | None:
         try:
-            r = requests.post(worker_name + "/worker_get_status", timeout=5)
+            r = requests.post(
+                worker_name + "/worker_get_status", headers=trust.secret_headers(self.secret), timeout=5
+            )
         except requests.exceptions.RequestException as e:
             self.logger.error(f"Get status fails: {worker_name}, {e}")
             return None
@@ -124,6 +140,14 @@ class Controller:
     def remove_worker(self, worker_name: str) -> None:
         with self._lock:
             self.worker_info.pop(worker_name, None)
+
+    def drop_worker(self, worker_name: str, reason: str) -> None:
+        """Remove a worker that failed a request now, not at its heartbeat expiry (a live one that
+        was dropped registers again with its next heartbeat)."""
+        with self._lock:
+            known = self.worker_info.pop(worker_name, None) is not None
+        if known:
+            self.logger.warning(f"Drop worker {worker_name} at once: {reason}")
 
     def refresh_all_workers(self) -> None:
         with self._lock:
@@ -148,10 +172,15 @@ class Controller:
         return dict(sorted(out.items()))
 
     # --- dispatch -------------------------------------------------------------------------------
-    def get_worker_address(self, model_name: str) -> str:
-        """Address of a worker serving `model_name`, or "" when there is none (original contract)."""
+    def get_worker_address(self, model_name: str, exclude=()) -> str:
+        """Address of a worker serving `model_name` (not one in `exclude`), or "" when there is none
+        (original contract)."""
         with self._lock:
-            cands = [(n, i) for n, i in self.worker_info.items() if model_name in i.model_names]
+            cands = [
+                (n, i)
+                for n, i in self.worker_info.items()
+                if model_name in i.model_names and n not in exclude
+            ]
             if not cands:
                 return ""
             if self.dispatch_method == DispatchMethod.LOTTERY:
@@ -220,22 +249,22 @@ class Controller:
         return out
 
 
-def _no_worker_message(model, models: list[str]) -> str:
-    return (
-        f"No worker serves model {model!r}. Models available: {models or 'none'}. "
-        "Start a model worker for it (python -m llava.serve.model_worker --model-path ...) or pick another model."
-    )
-
-
-def create_app(controller: Controller):
+def create_app(
+    controller: Controller,
+    max_body_bytes: int = trust.DEFAULT_MAX_BODY_BYTES,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+):
     """The controller's FastAPI app (the expiry thread runs while the app is served)."""
-    import httpx
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+
+    from llava.serve.relay import Relay, make_client
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
+        app.state.http = make_client(max_in_flight)
+        app.state.relay = Relay(controller, app.state.http, max_in_flight)
         controller.start_expiry_thread()
         try:
             yield
@@ -244,30 +273,36 @@ def create_app(controller: Controller):
             await app.state.http.aclose()
 
     app = FastAPI(title="LLaVA controller", lifespan=lifespan)
+    app.add_middleware(trust.SecretGuard, secret=controller.secret)
 
     async def body(request: Request) -> dict:
-        try:
-            data = await request.json()
-        except ValueError:
-            data = None
+        """The JSON object of a request ({} when it is none); BodyError when too large or not JSON."""
+        _, data = await trust.read_json(request, max_body_bytes)
         return data if isinstance(data, dict) else {}
 
-    def bad(msg: str):
-        return JSONResponse({"error": msg}, status_code=400)
+    def bad(msg: str, status: int = 400):
+        return JSONResponse({"error": msg}, status_code=status)
+
+    @app.exception_handler(trust.BodyError)
+    async def body_error(request: Request, exc: trust.BodyError):
+        if request.url.path == "/worker_generate_stream":
+            return Response(protocol.encode_chunk(str(exc), protocol.WORKER_ERROR), status_code=exc.status)
+        return bad(str(exc), exc.status)
 
     @app.post("/register_worker")
     async def register_worker(request: Request):
         data = await body(request)
         if not isinstance(data.get("worker_name"), str):
             return bad("register_worker needs 'worker_name' (the worker's http address)")
-        from starlette.concurrency import run_in_threadpool
-
-        ok = await run_in_threadpool(
-            controller.register_worker,
-            data["worker_name"],
-            bool(data.get("check_heart_beat", True)),
-            data.get("worker_status"),
-        )
+        try:
+            ok = await run_in_threadpool(
+                controller.register_worker,
+                data["worker_name"],
+                bool(data.get("check_heart_beat", True)),
+                data.get("worker_status"),
+            )
+        except ValueError as e:
+            return bad(str(e))
         return {"registered": ok}
 
     @app.post("/refresh_all_workers")
@@ -288,41 +323,17 @@ def create_app(controller: Controller):
     @app.post("/receive_heart_beat")
     async def receive_heart_beat(request: Request):
         data = await body(request)
-        if not isinstance(data.get("worker_name"), str):
-            return bad("receive_heart_beat needs 'worker_name' and 'queue_length'")
-        exist = controller.receive_heart_beat(data["worker_name"], int(data.get("queue_length", 0) or 0))
+        queue_length = data.get("queue_length", 0) or 0
+        if not isinstance(data.get("worker_name"), str) or not isinstance(queue_length, (int, float)):
+            return bad("receive_heart_beat needs 'worker_name' (a string) and 'queue_length' (a number)")
+        exist = controller.receive_heart_beat(data["worker_name"], int(queue_length))
         return {"exist": exist}
 
     @app.post("/worker_generate_stream")
     async def worker_generate_stream(request: Request):
-        params = await body(request)
-        model = params.get("model")
-        addr = controller.get_worker_address(str(model)) if model is not None else ""
-        if not addr:
-            msg = _no_worker_message(model, controller.list_models())
-            controller.logger.info(f"no worker: {model!r}")
-            return Response(protocol.encode_chunk(msg, protocol.NO_WORKER), status_code=404)
-        client: httpx.AsyncClient = request.app.state.http
-        try:
-            upstream = await client.send(
-                client.build_request("POST", addr + "/worker_generate_stream", json=params), stream=True
-            )
-        except httpx.HTTPError as e:
-            controller.logger.info(f"worker unreachable: {addr} ({e})")
-            msg = f"Worker {addr} for model {model!r} is unreachable ({type(e).__name__}); retry shortly."
-            return Response(protocol.encode_chunk(msg, protocol.WORKER_UNREACHABLE), status_code=502)
-
-        async def relay():
-            try:
-                async for piece in upstream.aiter_raw():
-                    yield piece
-            except httpx.HTTPError as e:
-                msg = f"Worker {addr} stopped mid-answer ({type(e).__name__}); please regenerate."
-                yield protocol.encode_chunk(msg, protocol.WORKER_UNREACHABLE)
-            finally:
-                await upstream.aclose()
-
-        return StreamingResponse(relay(), status_code=upstream.status_code)
+        raw, params = await trust.read_json(request, max_body_bytes)
+        model = params.get("model") if isinstance(params, dict) else None
+        return await request.app.state.relay(model, raw)
 
     @app.post("/worker_get_status")
     def worker_get_status():
@@ -333,7 +344,9 @@ def create_app(controller: Controller):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="LLaVA serving controller")
-    p.add_argument("--host", type=str, default="localhost")
+    p.add_argument(
+        "--host", type=str, default=trust.DEFAULT_HOST, help="address to listen on (default: loopback only)"
+    )
     p.add_argument("--port", type=int, default=21001)
     p.add_argument(
         "--dispatch-method", type=str, choices=["lottery", "shortest_queue"], default="shortest_queue"
@@ -345,16 +358,33 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"drop a worker after this many seconds without a heartbeat (default ${EXPIRATION_ENV} or "
         f"{CONTROLLER_HEART_BEAT_EXPIRATION})",
     )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        help="generation requests relayed at once; more are refused with HTTP 429",
+    )
+    trust.add_body_limit_flag(p)
+    trust.add_secret_flag(p)
     return p
 
 
 def main(argv=None) -> None:
     import uvicorn
 
-    args = build_parser().parse_args(argv)
-    controller = Controller(args.dispatch_method, args.heart_beat_expiration)
-    controller.logger.info(f"args: {args}")
-    uvicorn.run(create_app(controller), host=args.host, port=args.port, log_level="warning")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        secret = trust.resolve_secret(args.secret)
+    except ValueError as e:
+        parser.error(str(e))
+    controller = Controller(args.dispatch_method, args.heart_beat_expiration, secret=secret)
+    controller.logger.info(f"args: {trust.redacted(args)}")
+    warning = trust.exposure_warning(args.host, secret, "the controller")
+    if warning:
+        controller.logger.warning(warning)
+    app = create_app(controller, args.max_body_bytes, args.max_in_flight)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ original protocol. Each conversation is rendered in the template the chosen mode
 (it reports it; the controller's /list_models passes it on) unless --conv-mode names one for all.
 Gradio analytics and update checks are off and the page loads no outside resources.
 The upload box takes one image (processed as the model's image_aspect_ratio says), several images
-(one `<image>` each, in upload order) or one video (frames sampled evenly, at most --max-video-frames).
+(one `<image>` each, in upload order) or one video (frames sampled evenly, at most --max-video-frames);
+a file that is no image (or over --max-image-pixels) is refused at upload with the reason shown.
+Binds 127.0.0.1 unless --host says otherwise; calls to the controller and the workers carry the
+stack's shared secret (--secret / $LLAVA_SERVE_SECRET); failures are shown by their cause
+(llava.serve.web_upstream). The chatbot's own clear icon starts a new conversation, as Clear does.
 """
 
 from __future__ import annotations
@@ -22,28 +26,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
-import requests
 
 from llava.constants import LOGDIR
 from llava.conversation import get_conv_template
-from llava.serve import protocol
+from llava.serve import protocol, trust
 from llava.serve.chat_display import (
     IMAGE_PROCESS_MODES,
     chatbot_messages,
+    check_gallery,
     gallery_visuals,
     get_images,
-    prompt_text,
     saved_image_path,
     user_turn,
+    worker_payload,
 )
 from llava.serve.conv_mode import remote_conversation
+from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS
 from llava.serve.logs import build_logger
+from llava.serve.web_upstream import ControllerLink, UpstreamError, violates_moderation
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-HEADERS = {"User-Agent": "LLaVA Client"}
-BLOCK_CSS = "#buttons button { min-width: min(120px,100%); }"
-# Same wording as the original, so users' scripts that look for it keep working.
-server_error_msg = "**NETWORK ERROR DUE TO HIGH TRAFFIC. PLEASE REGENERATE OR REFRESH THIS PAGE.**"
+# Gradio 6 gives every image or video message in a chatbot a "Share" button (to Hugging Face Spaces
+# discussions, failing elsewhere: "Must be on Spaces to share") whatever `buttons` says; it is the
+# button right after the message's download link, whatever the page's language.
+BLOCK_CSS = (
+    "#buttons button { min-width: min(120px,100%); }\n"
+    "#chatbot a.download-link + button { display: none !important; }"
+)
 moderation_msg = "YOUR INPUT VIOLATES OUR CONTENT MODERATION GUIDELINES. PLEASE TRY AGAIN."
 
 
@@ -56,6 +65,11 @@ class WebSettings:
     models: list[str] = field(default_factory=list)
     conv_mode: str | None = None  # --conv-mode: one template for every model
     max_video_frames: int = 32  # --max-video-frames: frames of an uploaded video sent to the worker
+    secret: str | None = None  # the stack's shared secret, sent to the controller and the workers
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS  # --max-image-pixels: larger uploads are refused
+
+    def link(self, logger=None) -> ControllerLink:
+        return ControllerLink(self.controller_url, self.secret, logger)
 
 
 def offline_gradio_env() -> None:
@@ -65,61 +79,12 @@ def offline_gradio_env() -> None:
     os.environ.setdefault("GRADIO_SSR_MODE", "False")
 
 
-def get_model_list(controller_url: str, logger=None) -> list[str]:
-    """Models the controller knows, after asking it to re-check its workers ([] if unreachable)."""
-    try:
-        requests.post(controller_url + "/refresh_all_workers", timeout=10)
-        r = requests.post(controller_url + "/list_models", timeout=10)
-        models = sorted(r.json()["models"])
-    except (requests.exceptions.RequestException, ValueError, KeyError) as e:
-        if logger:
-            logger.error(f"cannot list models at {controller_url}: {e}")
-        return []
-    if logger:
-        logger.info(f"Models: {models}")
-    return models
-
-
-def get_model_templates(controller_url: str, logger=None) -> dict[str, str]:
-    """`{model: template}` as the workers report them through the controller ({} if unknown)."""
-    try:
-        r = requests.post(controller_url + "/list_models", timeout=10)
-        templates = r.json().get("conv_templates") or {}
-    except (requests.exceptions.RequestException, ValueError, AttributeError) as e:
-        if logger:
-            logger.error(f"cannot ask {controller_url} for the models' templates: {e}")
-        return {}
-    return templates if isinstance(templates, dict) else {}
-
-
-def worker_payload(state, model_name, temperature, top_p, max_new_tokens) -> dict:
-    """The /worker_generate_stream request for the conversation so far (stop: `state.stop_str`)."""
-    return {
-        "model": model_name,
-        "prompt": prompt_text(state),
-        "temperature": float(temperature),
-        "top_p": float(top_p),
-        "max_new_tokens": min(int(max_new_tokens), 1536),
-        "stop": state.stop_str,
-        "images": get_images(state),
-    }
-
-
-def violates_moderation(text: str) -> bool:
-    """OpenAI moderation check (only with --moderate; needs OPENAI_API_KEY). Fails open on errors."""
-    try:
-        import openai
-
-        return bool(openai.OpenAI(timeout=5).moderations.create(input=text).results[0].flagged)
-    except Exception:  # noqa: BLE001 - like the original: a failing check does not block the chat
-        return False
-
-
 class WebUI:
     """Event handlers of the page; one instance per server."""
 
     def __init__(self, settings: WebSettings, logger):
         self.s, self.logger = settings, logger
+        self.link = settings.link(logger)
 
     def _buttons(self, interactive: bool | None):
         return tuple(
@@ -140,11 +105,7 @@ class WebUI:
 
     # --- page load ------------------------------------------------------------------------------
     def load_demo(self, request: gr.Request):
-        models = (
-            self.s.models
-            if self.s.model_list_mode == "once"
-            else get_model_list(self.s.controller_url, self.logger)
-        )
+        models = self.s.models if self.s.model_list_mode == "once" else self.link.models()
         value = models[0] if models else None
         params = dict(request.query_params) if request is not None else {}
         if params.get("model") in models:
@@ -179,12 +140,19 @@ class WebUI:
         state = self._new_state()
         return (state, chatbot_messages(state, self.s.logdir), "", None) + self._buttons(False)
 
+    def check_upload(self, gallery):
+        """On upload: keep the files that are usable, and say why each other one is refused."""
+        kept, problems = check_gallery(gallery, self.s.max_image_pixels)
+        for problem in problems:
+            gr.Warning(problem)
+        return kept if problems else gr.update()
+
     def add_text(self, state, text, image, image_process_mode):
         state = state if state is not None else self._new_state()
         text = text or ""
         try:
-            visuals = gallery_visuals(image, self.s.max_video_frames)
-        except ValueError as e:  # a video that does not decode, or a video among other uploads
+            visuals = gallery_visuals(image, self.s.max_video_frames, self.s.max_image_pixels)
+        except ValueError as e:  # a file that is no image, a broken video, a video among other uploads
             gr.Warning(str(e))
             state.skip_next = True
             return (state, chatbot_messages(state, self.s.logdir), text, gr.update()) + self._buttons(None)
@@ -208,29 +176,23 @@ class WebUI:
             return
         if len(state.messages) == state.offset + 2:  # first round: switch to the model's template
             try:
-                templates = get_model_templates(self.s.controller_url, self.logger)
+                templates = self.link.templates()
                 warn = self.logger.warning
                 new_state = remote_conversation(model_name or "", self.s.conv_mode, templates, warn)
             except ValueError as e:
-                state.messages[-1][-1] = f"Cannot chat with {model_name!r}: {e}"
-                yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons_error()
+                yield self._failed(state, f"Cannot chat with {model_name!r}: {e}")
                 return
             new_state.append_message(new_state.roles[0], state.messages[-2][1])
             new_state.append_message(new_state.roles[1], None)
             state = new_state
 
         try:
-            ret = requests.post(
-                self.s.controller_url + "/get_worker_address", json={"model": model_name}, timeout=10
-            )
-            worker_addr = ret.json()["address"]
-        except (requests.exceptions.RequestException, ValueError, KeyError):
-            worker_addr = ""
-        self.logger.info(f"model_name: {model_name}, worker_addr: {worker_addr}")
-        if not worker_addr:
-            state.messages[-1][-1] = server_error_msg
-            yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons_error()
+            worker_addr = self.link.worker_address(model_name)
+        except UpstreamError as e:
+            self.logger.info(f"model_name: {model_name}: {e}")
+            yield self._failed(state, str(e))
             return
+        self.logger.info(f"model_name: {model_name}, worker_addr: {worker_addr}")
 
         pload = worker_payload(state, model_name, temperature, top_p, max_new_tokens)
         prompt = pload["prompt"]
@@ -243,21 +205,16 @@ class WebUI:
         yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons(False)
         output = ""
         try:
-            response = requests.post(
-                worker_addr + "/worker_generate_stream", headers=HEADERS, json=pload, stream=True, timeout=10
-            )
-            for data in protocol.iter_chunks(response.iter_content(chunk_size=None)):
+            for data in self.link.stream(worker_addr, pload):
                 if data["error_code"] != protocol.OK:
-                    state.messages[-1][-1] = f"{data['text']} (error_code: {data['error_code']})"
-                    yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons_error()
+                    yield self._failed(state, f"{data['text']} (error_code: {data['error_code']})")
                     return
                 output = data["text"][len(prompt) :].strip()
                 state.messages[-1][-1] = output
                 yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons(False)
-        except (requests.exceptions.RequestException, ValueError) as e:
+        except UpstreamError as e:
             self.logger.error(f"worker stream failed: {e}")
-            state.messages[-1][-1] = server_error_msg
-            yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons_error()
+            yield self._failed(state, str(e))
             return
         yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons(True)
         self.logger.info(f"{output}")
@@ -275,6 +232,11 @@ class WebUI:
 
     def _buttons_error(self):
         return (gr.update(interactive=False),) * 3 + (gr.update(interactive=True),) * 2
+
+    def _failed(self, state, message: str) -> tuple:
+        """The outputs of a turn that failed: `message` shown as the answer, Regenerate and Clear on."""
+        state.messages[-1][-1] = message
+        return (state, chatbot_messages(state, self.s.logdir)) + self._buttons_error()
 
 
 def build_demo(settings: WebSettings, logger=None):
@@ -295,13 +257,14 @@ def build_demo(settings: WebSettings, logger=None):
                     elem_id="model_selector",
                 )
                 imagebox = gr.Gallery(
-                    type="pil",
+                    type="filepath",  # opened by chat_display, so a file that is no image gets a reason
                     file_types=["image", "video"],
                     interactive=True,
                     label="Images or a video",
                     columns=3,
                     height=260,
                     elem_id="imagebox",
+                    buttons=["download", "fullscreen"],  # no "share": it works only on HF Spaces
                 )
                 image_process_mode = gr.Radio(
                     list(IMAGE_PROCESS_MODES),
@@ -341,7 +304,9 @@ def build_demo(settings: WebSettings, logger=None):
                         elem_id="max_tokens",
                     )
             with gr.Column(scale=8):
-                chatbot = gr.Chatbot(elem_id="chatbot", label="LLaVA Chatbot", height=550)
+                chatbot = gr.Chatbot(
+                    elem_id="chatbot", label="LLaVA Chatbot", height=550, buttons=["copy", "copy_all"]
+                )
                 with gr.Row():
                     with gr.Column(scale=8):
                         textbox.render()
@@ -371,13 +336,15 @@ def build_demo(settings: WebSettings, logger=None):
             [state, chatbot, textbox, imagebox] + btn_list,
             queue=False,
         ).then(**bot_args)
-        clear_btn.click(ui.clear_history, None, [state, chatbot, textbox, imagebox] + btn_list, queue=False)
+        clear_outputs = [state, chatbot, textbox, imagebox] + btn_list
+        clear_btn.click(ui.clear_history, None, clear_outputs, queue=False)
+        chatbot.clear(ui.clear_history, None, clear_outputs, queue=False)  # the chatbot's own trash icon
+        imagebox.upload(ui.check_upload, [imagebox], [imagebox])  # (queued: gr.Warning needs the queue)
         add_args = dict(
             fn=ui.add_text,
             inputs=[state, textbox, imagebox, image_process_mode],
             outputs=[state, chatbot, textbox, imagebox] + btn_list,
-            queue=False,
-        )
+        )  # queued, so that its gr.Warning (a refused upload) is shown
         textbox.submit(**add_args).then(**bot_args)
         submit_btn.click(**add_args).then(**bot_args)
         if settings.model_list_mode not in ("once", "reload"):
@@ -388,9 +355,12 @@ def build_demo(settings: WebSettings, logger=None):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="LLaVA Gradio web server")
-    p.add_argument("--host", type=str, default="0.0.0.0")
+    p.add_argument(
+        "--host", type=str, default=trust.DEFAULT_HOST, help="address to listen on (default: loopback only)"
+    )
     p.add_argument("--port", type=int)
     p.add_argument("--controller-url", type=str, default="http://localhost:21001")
+    trust.add_secret_flag(p)
     p.add_argument("--concurrency-count", type=int, default=16)
     p.add_argument("--model-list-mode", type=str, default="once", choices=["once", "reload"])
     p.add_argument("--share", action="store_true", help="public gradio.live link (contacts Gradio's servers)")
@@ -406,26 +376,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-video-frames", type=int, default=32, help="frames of an uploaded video sent on, sampled evenly"
     )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="refuse uploaded images with more pixels (from their headers)",
+    )
     return p
 
 
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    if args.conv_mode:
-        get_conv_template(args.conv_mode)  # fail at start, with the valid names, not at the first chat
-    offline_gradio_env()
-    logger = build_logger("gradio_web_server", "gradio_web_server.log")
-    logger.info(f"args: {args}")
-    logdir = os.environ.get("LLAVA_LOGDIR", LOGDIR)
+def settings_from_args(args, logger) -> WebSettings:
+    """The page's settings from its flags (the model list asked of the controller once, here)."""
     settings = WebSettings(
         controller_url=args.controller_url.rstrip("/"),
         model_list_mode=args.model_list_mode,
         moderate=args.moderate,
-        logdir=logdir,
-        models=get_model_list(args.controller_url.rstrip("/"), logger),
+        logdir=os.environ.get("LLAVA_LOGDIR", LOGDIR),
         conv_mode=args.conv_mode,
         max_video_frames=args.max_video_frames,
+        secret=trust.resolve_secret(args.secret),
+        max_image_pixels=args.max_image_pixels,
     )
+    settings.models = settings.link(logger).models()
+    return settings
+
+
+def main(argv=None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.conv_mode:
+        get_conv_template(args.conv_mode)  # fail at start, with the valid names, not at the first chat
+    offline_gradio_env()
+    logger = build_logger("gradio_web_server", "gradio_web_server.log")
+    logger.info(f"args: {dict(vars(args), secret='***' if args.secret else None)}")
+    try:
+        settings = settings_from_args(args, logger)
+    except ValueError as e:  # a too-short secret
+        parser.error(str(e))
+    warning = trust.exposure_warning(args.host, settings.secret, "the web server")
+    if warning:
+        logger.warning(warning)
     demo = build_demo(settings, logger)
     demo.queue(default_concurrency_limit=args.concurrency_count, api_open=False).launch(
         server_name=args.host,
@@ -434,7 +424,7 @@ def main(argv=None) -> None:
         ssr_mode=False,
         theme=gr.themes.Default(),
         css=BLOCK_CSS,
-        allowed_paths=[str(Path(logdir) / "serve_images"), str(EXAMPLES_DIR)],
+        allowed_paths=[str(Path(settings.logdir) / "serve_images"), str(EXAMPLES_DIR)],
         footer_links=[],
     )
 

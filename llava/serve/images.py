@@ -28,6 +28,10 @@ class ImageInputError(ValueError):
     """An image in a request could not be used; the message says which and why."""
 
 
+class ImageTooLarge(ImageInputError):
+    """An image over the server's pixel limit (a server adds the flag that sets the limit)."""
+
+
 def open_image_header(
     data: bytes, what: str = "image", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 ) -> Image.Image:
@@ -38,12 +42,16 @@ def open_image_header(
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise ImageInputError(f"{what} is too large to decode safely: {e}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageTooLarge(f"{what} is too large to decode safely: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageInputError(
+            f"{what} is not a readable image (no image format recognised; it starts with {data[:12]!r})"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise ImageInputError(f"{what} is not a readable image ({type(e).__name__}: {e})") from None
     width, height = img.size
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageInputError(
+        raise ImageTooLarge(
             f"{what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
             "(possible decompression bomb); send a smaller image"
         )

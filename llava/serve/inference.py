@@ -6,12 +6,14 @@ request (types, images and videos: their number, frames and pixels (llava.serve.
 a message for the user; no pixel is processed and nothing is computed on the model before that.
 Visuals become pixels by llava.images.inputs (one image by the model's image_aspect_ratio, several
 padded, a video's frames sampled to the model's `frames_upbound`); `modalities` go to generate when
-a video is among them. `ModelRunner.stream(prepared)` runs
-`model.generate` in a thread with transformers' `TextIteratorStreamer` and yields protocol dicts
+a video is among them. `ModelRunner.stream(prepared)` hands the request to the runner's batching
+engine (llava.serve.batching: concurrent requests are generated together, joining and leaving the batch
+at token steps, up to `max_batch` rows) and yields protocol dicts
 `{"text": prompt + answer so far, "error_code": 0}`. Stop strings are cut without ever sending a
-partial stop string, and generation ends as soon as one appears or the consumer goes away. A request
-without `stop` stops on the end of an assistant turn of the template the worker serves
+partial stop string, and a request's row is freed as soon as one appears or the consumer goes away. A
+request without `stop` stops on the end of an assistant turn of the template the worker serves
 (`conv_template`: its `Conversation.stop_str`); the tokenizer's EOS always stops.
+`default_device()` / `describe_device()`: where a worker runs without `--device`, and the line it logs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from llava.constants import (
     DEFAULT_IM_END_TOKEN,
@@ -31,7 +32,7 @@ from llava.constants import (
 )
 from llava.data.length_budget import LengthBudget
 from llava.images.inputs import prepare_visual_list, sample_frames, tower_geometry, visual_token_counts
-from llava.serve import protocol
+from llava.serve.batching import BatchEngine, held_back  # noqa: F401 - held_back: public here too
 from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS, ImageInputError
 from llava.serve.request_visuals import (
     MAX_VISUALS_PER_REQUEST,
@@ -60,29 +61,6 @@ class Prepared:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-class _Cancel(StoppingCriteria):
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full(
-            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )
-
-
-class _CountingStreamer(TextIteratorStreamer):
-    """TextIteratorStreamer that also counts the generated tokens."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.generated_tokens = 0
-
-    def put(self, value):
-        if not (self.skip_prompt and self.next_tokens_are_prompt):
-            self.generated_tokens += int(value.numel())
-        super().put(value)
-
-
 def _number(params: dict, key: str, default, kind, lo=None, hi=None):
     value = params.get(key, default)
     if value is None:
@@ -107,15 +85,31 @@ def _stop_list(raw) -> list[str]:
     raise RequestError(f"'stop' must be a string or a list of strings, got {raw!r}")
 
 
-def held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest suffix of `text` that could be the start of a stop string."""
-    keep = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), keep, -1):
-            if s.startswith(text[-n:]):
-                keep = n
-                break
-    return keep
+DEFAULT_MAX_BATCH = 8  # rows generated together: the worker's --limit-model-concurrency default
+
+
+def default_device() -> str:
+    """Where to run without --device: cuda if available, else mps (Apple), else cpu."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def describe_device(model, requested: str | None) -> str:
+    """The line a worker logs about where its model runs and in which dtype (and why, without --device)."""
+    param = next(model.parameters(), None)
+    dtype = str(param.dtype).replace("torch.", "") if param is not None else "unknown dtype"
+    where = f"model on {model.device} in {dtype}"
+    if requested:
+        return f"{where} (--device {requested})"
+    if model.device.type == "cpu":
+        return (
+            f"{where}: no --device given and no CUDA or MPS device found (pass --device cuda on a GPU host)"
+        )
+    return f"{where}: no --device given, {model.device.type} found"
 
 
 class ModelRunner:
@@ -132,6 +126,8 @@ class ModelRunner:
         stream_timeout: float | None = 300.0,
         conv_template: str | None = None,
         limits: VisualLimits | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        batch_join: str = "step",
     ):
         from llava.conversation import get_conv_template
 
@@ -147,6 +143,10 @@ class ModelRunner:
         tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
         self.vision_tower = tower
         self.is_multimodal = tower is not None and image_processor is not None
+        self.max_batch = int(max_batch)  # checked by the engine (and the worker's flag by ModelWorker)
+        self.batch_join = batch_join  # "step" (continuous batching) or "batch" (static; to measure against)
+        self._engine: BatchEngine | None = None  # started by the first request
+        self._engine_lock = threading.Lock()
 
     # --- visuals --------------------------------------------------------------------------------
     def _keep_frames(self, n: int) -> list[int]:
@@ -249,58 +249,23 @@ class ModelRunner:
         return Prepared(prompt, input_ids, image_args, gen_kwargs, stop, max_new_tokens, prompt_tokens)
 
     # --- generation -----------------------------------------------------------------------------
+    @property
+    def engine(self) -> BatchEngine:
+        """The batching engine that generates this runner's requests (created on first use)."""
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = BatchEngine(
+                    self.model, self.tokenizer, max_batch=self.max_batch, join=self.batch_join
+                )
+            return self._engine
+
     def stream(self, prep: Prepared) -> Iterator[dict]:
-        streamer = _CountingStreamer(
-            self.tokenizer, skip_prompt=True, skip_special_tokens=False, timeout=self.stream_timeout
-        )
-        failure: list[BaseException] = []
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = self.tokenizer.eos_token_id
+        """Protocol dicts for a prepared request, generated in a batch with the other running ones."""
+        yield from self.engine.stream(prep, timeout=self.stream_timeout)
 
-        def run():
-            try:
-                with torch.inference_mode():
-                    self.model.generate(
-                        inputs=prep.input_ids,
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_Cancel(prep.cancel)]),
-                        pad_token_id=pad_id,
-                        **prep.image_args,
-                        **prep.gen_kwargs,
-                    )
-            except BaseException as e:  # reported to the client below; the worker lives on
-                failure.append(e)
-                streamer.end()
-
-        thread = threading.Thread(target=run, name="llava-generate", daemon=True)
-        thread.start()
-        answer, sent, finish = "", -1, "length"
-        try:
-            for piece in streamer:
-                answer += piece
-                hit = [answer.find(s) for s in prep.stop if s in answer]
-                if hit:
-                    answer = answer[: min(hit)]
-                    finish = "stop"
-                    prep.cancel.set()
-                    break
-                visible = len(answer) - held_back(answer, prep.stop)
-                if visible > sent:
-                    sent = visible
-                    yield {"text": prep.prompt + answer[:visible], "error_code": protocol.OK}
-        finally:
-            prep.cancel.set()
-            thread.join(timeout=self.stream_timeout)
-        if failure:
-            e = failure[0]
-            yield {"text": f"Generation failed: {type(e).__name__}: {e}", "error_code": protocol.WORKER_ERROR}
-            return
-        if finish != "stop" and streamer.generated_tokens < prep.max_new_tokens:
-            finish = "stop"  # ended on the end-of-sequence token
-        yield {
-            "text": prep.prompt + answer,
-            "error_code": protocol.OK,
-            "finish_reason": finish,
-            "usage": {"prompt_tokens": prep.prompt_tokens, "completion_tokens": streamer.generated_tokens},
-        }
+    def close(self) -> None:
+        """Stop the batching engine (requests still running end with an error chunk)."""
+        with self._engine_lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()

@@ -1,6 +1,6 @@
 """A model worker: loads one model, registers with the controller, and streams answers.
 
-    python -m llava.serve.model_worker --host 0.0.0.0 --controller-address http://localhost:10000 \\
+    python -m llava.serve.model_worker --controller-address http://localhost:10000 \\
         --port 40000 --worker-address http://localhost:40000 --model-path liuhaotian/llava-v1.5-7b
 
 Endpoints (POST, as the original): /worker_generate_stream (request fields: prompt, images
@@ -8,7 +8,10 @@ Endpoints (POST, as the original): /worker_generate_stream (request fields: prom
 temperature, top_p, top_k, max_new_tokens, repetition_penalty, stop; answer: a NUL-delimited JSON
 stream, see llava.serve.protocol) and /worker_get_status. A bad request gets an
 error chunk (HTTP 400) and the worker serves the next one. At most --limit-model-concurrency
-requests generate at once; the rest wait in line (their number is the reported queue length).
+requests generate at once; up to --max-queue more wait in line (running + waiting is the reported
+queue length), and past that a request is refused at once: HTTP 429, Retry-After, an OVERLOADED chunk
+naming the cause. Checked before any work: the secret (401, llava.serve.trust), the body size while it
+is read (413, --max-body-bytes), the prompt's characters before tokenising (400, --max-prompt-chars).
 The status also reports `conv_template`, the template this worker serves (--conv-mode, else the one
 saved in the checkpoint's config.json, else the name-based guess); the web server and the OpenAI API
 render prompts in it, and a request without `stop` stops where its assistant turns end.
@@ -28,11 +31,15 @@ import requests
 from fastapi import Request
 
 from llava.constants import WORKER_HEART_BEAT_INTERVAL
-from llava.serve import protocol
+from llava.serve import protocol, trust
 from llava.serve.logs import build_logger
+from llava.serve.processes import IdleTrim
 from llava.serve.request_visuals import DEFAULT_MAX_REQUEST_PIXELS, MAX_FRAMES_PER_VIDEO, VisualLimits
 
 INTERVAL_ENV = "LLAVA_WORKER_HEART_BEAT_INTERVAL"
+DEVICE_LOGGER = "model_worker.device"  # load_runner's line: where the model runs, in which dtype
+DEFAULT_MAX_QUEUE = 16  # requests waiting beyond --limit-model-concurrency before 429
+DEFAULT_MAX_PROMPT_CHARS = 100_000
 
 
 class ModelWorker:
@@ -47,14 +54,24 @@ class ModelWorker:
         no_register: bool = False,
         heart_beat_interval: float | None = None,
         worker_id: str | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        secret: str | None = None,
+        max_body_bytes: int = trust.DEFAULT_MAX_BODY_BYTES,
+        max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
     ):
         if limit_model_concurrency < 1:
             raise ValueError(f"--limit-model-concurrency must be >= 1, got {limit_model_concurrency}")
+        if max_queue < 0:
+            raise ValueError(f"--max-queue must be >= 0, got {max_queue}")
         self.controller_addr = controller_addr.rstrip("/")
-        self.worker_addr = worker_addr.rstrip("/")
+        self.worker_addr = trust.check_worker_url(worker_addr)
         self.runner = runner
         self.model_name = runner.model_name
         self.limit = limit_model_concurrency
+        self.max_queue = max_queue
+        self.secret = secret
+        self.max_body_bytes = max_body_bytes
+        self.max_prompt_chars = max_prompt_chars
         self.no_register = no_register
         self.interval = float(
             heart_beat_interval or protocol.env_float(INTERVAL_ENV, WORKER_HEART_BEAT_INTERVAL)
@@ -63,16 +80,45 @@ class ModelWorker:
         self.logger = build_logger("model_worker", f"model_worker_{self.worker_id}.log")
         self._active = 0  # requests admitted and not finished (running or waiting)
         self._count_lock = threading.Lock()
+        self._idle_trim = IdleTrim(lambda: self._active == 0)  # a burst's memory back to the OS
         self._stop = threading.Event()
 
     # --- queue accounting -----------------------------------------------------------------------
-    def enter(self) -> None:
+    def try_enter(self) -> str | None:
+        """Admit a request (None), or say why not: the bounded queue is full (the OVERLOADED text)."""
         with self._count_lock:
+            if self._active >= self.limit + self.max_queue:
+                return self.overload_message(self._active)
             self._active += 1
+            return None
 
     def leave(self) -> None:
         with self._count_lock:
             self._active -= 1
+            idle = self._active == 0
+        if idle:
+            self._idle_trim.went_idle()
+
+    def overload_message(self, active: int) -> str:
+        generating = min(active, self.limit)
+        return (
+            f"worker {self.worker_addr}: {generating} requests generating, {active - generating} waiting "
+            f"(limit {self.max_queue}, --max-queue); retry shortly"
+        )
+
+    def retry_after(self) -> int:
+        return protocol.retry_after_seconds(max(self._active - self.limit, 0), self.limit)
+
+    def check_prompt(self, params) -> None:
+        """RequestError for a prompt over --max-prompt-chars, before anything tokenises it."""
+        from llava.serve.inference import RequestError
+
+        prompt = params.get("prompt") if isinstance(params, dict) else None
+        if isinstance(prompt, str) and len(prompt) > self.max_prompt_chars:
+            raise RequestError(
+                f"the prompt has {len(prompt)} characters; this worker takes at most {self.max_prompt_chars} "
+                "(--max-prompt-chars): shorten it or start a new conversation"
+            )
 
     def get_queue_length(self) -> int:
         return self._active
@@ -88,9 +134,17 @@ class ModelWorker:
     def register_to_controller(self) -> bool:
         data = {"worker_name": self.worker_addr, "check_heart_beat": True, "worker_status": self.get_status()}
         try:
-            r = requests.post(self.controller_addr + "/register_worker", json=data, timeout=5)
+            r = requests.post(
+                self.controller_addr + "/register_worker",
+                json=data,
+                headers=trust.secret_headers(self.secret),
+                timeout=5,
+            )
         except requests.exceptions.RequestException as e:
             self.logger.error(f"cannot register at {self.controller_addr}: {e}")
+            return False
+        if r.status_code == 401:
+            self.logger.error(f"controller refused registration: it needs the stack's secret (${trust.ENV})")
             return False
         if r.status_code != 200:
             self.logger.error(f"controller refused registration: HTTP {r.status_code} {r.text[:200]}")
@@ -103,6 +157,7 @@ class ModelWorker:
             r = requests.post(
                 self.controller_addr + "/receive_heart_beat",
                 json={"worker_name": self.worker_addr, "queue_length": self.get_queue_length()},
+                headers=trust.secret_headers(self.secret),
                 timeout=5,
             )
             exist = bool(r.json().get("exist"))
@@ -135,13 +190,88 @@ class ModelWorker:
             yield protocol.encode_chunk(f"Generation failed: {type(e).__name__}: {e}", protocol.WORKER_ERROR)
 
 
+class _Slot:
+    """A request's place at the worker: its queue place from admission, its generation slot once
+    acquired; `release` gives back both, once, from any thread (it hops onto the event loop)."""
+
+    def __init__(self, worker: ModelWorker, semaphore: asyncio.Semaphore):
+        self.worker, self.semaphore = worker, semaphore
+        self.loop = asyncio.get_running_loop()
+        self.held = self.released = False
+        self.prepared = None
+
+    async def acquire(self) -> None:
+        await self.semaphore.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.prepared is not None:
+            self.prepared.cancel.set()  # stops a generation whose client went away
+        try:
+            here = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            here = False
+        if here:
+            self._give_back()
+        else:  # a garbage-collected stream, finalised on another thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone anyway
+                self.loop.call_soon_threadsafe(self._give_back)
+
+    def _give_back(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        if self.held:
+            self.semaphore.release()
+        self.worker.leave()
+
+
+class _Refusal(Exception):
+    """A request answered with one error chunk before generation (`status`, message)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+async def _drain(request: Request, max_bytes: int) -> None:
+    """Read and drop a refused request's body (up to `max_bytes`), unparsed: a connection closed on
+    unread data can reach the client as a reset instead of the answer."""
+    seen = 0
+    async for piece in request.stream():
+        seen += len(piece)
+        if seen > max_bytes:
+            break
+
+
+async def _prepare(worker: ModelWorker, request: Request, slot: _Slot):
+    """Read, bound and validate a request, then wait for a generation slot and prepare it."""
+    from starlette.concurrency import run_in_threadpool
+
+    from llava.serve.inference import RequestError
+
+    try:
+        _, params = await trust.read_json(request, worker.max_body_bytes)
+        worker.check_prompt(params)
+    except (trust.BodyError, RequestError) as e:
+        raise _Refusal(str(e), getattr(e, "status", 400)) from None
+    await slot.acquire()
+    try:
+        return await run_in_threadpool(worker.runner.prepare, params)
+    except RequestError as e:
+        raise _Refusal(str(e), 400) from None
+    except Exception as e:  # noqa: BLE001 - any failure is answered, the worker lives on
+        worker.logger.exception("request preparation failed")
+        raise _Refusal(f"Request failed: {type(e).__name__}: {e}", 500) from None
+
+
 def create_app(worker: ModelWorker):
     """The worker's FastAPI app; registration and heartbeats start with the server."""
     from fastapi import FastAPI
     from fastapi.responses import Response, StreamingResponse
     from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-    from llava.serve.inference import RequestError
+    import llava.serve.inference  # noqa: F401 - imports torch now, not on the event loop in the first request
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -155,54 +285,35 @@ def create_app(worker: ModelWorker):
             worker.stop()
 
     app = FastAPI(title=f"LLaVA model worker ({worker.model_name})", lifespan=lifespan)
-
-    def error(msg: str, status: int):
-        return Response(protocol.encode_chunk(msg, protocol.WORKER_ERROR), status_code=status)
+    app.add_middleware(trust.SecretGuard, secret=worker.secret)
 
     @app.post("/worker_generate_stream")
     async def generate_stream(request: Request):
+        refusal = worker.try_enter()
+        if refusal is not None:
+            worker.logger.info(f"refused (queue full): {refusal}")
+            await _drain(request, worker.max_body_bytes)
+            return Response(*protocol.overloaded(refusal, worker.retry_after()))
+        slot = _Slot(worker, request.app.state.semaphore)
         try:
-            params = await request.json()
-        except ValueError:
-            return error("the request body is not valid JSON", 400)
-        worker.enter()
-        released = False
-        sem: asyncio.Semaphore = request.app.state.semaphore
-        try:
-            await sem.acquire()
+            prepared = slot.prepared = await _prepare(worker, request, slot)
+        except _Refusal as e:
+            slot.release()
+            return Response(protocol.encode_chunk(str(e), protocol.WORKER_ERROR), status_code=e.status)
         except BaseException:
-            worker.leave()
+            slot.release()
             raise
-        try:
-            prepared = await run_in_threadpool(worker.runner.prepare, params)
-        except RequestError as e:
-            sem.release()
-            worker.leave()
-            return error(str(e), 400)
-        except Exception as e:  # noqa: BLE001
-            worker.logger.exception("request preparation failed")
-            sem.release()
-            worker.leave()
-            return error(f"Request failed: {type(e).__name__}: {e}", 500)
-
-        def release():
-            nonlocal released
-            prepared.cancel.set()
-            if not released:
-                released = True
-                sem.release()
-                worker.leave()
 
         async def body():
             try:
                 async for chunk in iterate_in_threadpool(worker.generate_stream_gate(prepared)):
                     yield chunk
             finally:
-                release()
+                slot.release()
 
         stream = body()
         # Also release if the response is dropped before its body is ever iterated.
-        weakref.finalize(stream, release)
+        weakref.finalize(stream, slot.release)
         return StreamingResponse(stream, media_type="application/octet-stream")
 
     @app.post("/worker_get_status")
@@ -213,15 +324,25 @@ def create_app(worker: ModelWorker):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from llava.serve.inference import DEFAULT_MAX_BATCH
+
     p = argparse.ArgumentParser(description="LLaVA model worker")
-    p.add_argument("--host", type=str, default="localhost")
+    p.add_argument(
+        "--host", type=str, default=trust.DEFAULT_HOST, help="address to listen on (default: loopback only)"
+    )
     p.add_argument("--port", type=int, default=21002)
     p.add_argument("--worker-address", type=str, default="http://localhost:21002")
     p.add_argument("--controller-address", type=str, default="http://localhost:21001")
     p.add_argument("--model-path", type=str, default="facebook/opt-350m")
     p.add_argument("--model-base", type=str, default=None)
     p.add_argument("--model-name", type=str, default=None)
-    p.add_argument("--device", type=str, default="cuda")
+    p.add_argument(
+        "--device",
+        type=str,
+        default=None,
+        help="cuda, mps or cpu (default: cuda if available, else mps, else cpu; float16 on a GPU, "
+        "float32 on the CPU; the worker logs which)",
+    )
     p.add_argument(
         "--multi-modal", action="store_true", help="ignored: multimodality is read from the checkpoint"
     )
@@ -231,10 +352,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="template this worker serves (default: the checkpoint's conv_template, else from its name)",
     )
-    p.add_argument("--limit-model-concurrency", type=int, default=5)
+    p.add_argument(
+        "--limit-model-concurrency",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help="requests generated together in one batch (the batch capacity; each joins at the next token "
+        f"step and frees its row when done) (default {DEFAULT_MAX_BATCH})",
+    )
     p.add_argument(
         "--stream-interval", type=int, default=1, help="kept for compatibility; every token is streamed"
     )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        help="requests that may wait beyond --limit-model-concurrency; more are refused with HTTP 429",
+    )
+    p.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        default=DEFAULT_MAX_PROMPT_CHARS,
+        help="refuse (HTTP 400) prompts longer than this many characters, before tokenising them",
+    )
+    trust.add_body_limit_flag(p)
+    trust.add_secret_flag(p)
     p.add_argument("--no-register", action="store_true")
     p.add_argument("--load-8bit", action="store_true")
     p.add_argument("--load-4bit", action="store_true")
@@ -264,23 +405,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_runner(args):
-    """Load the model named by the worker's flags into a ModelRunner (with the template it serves)."""
+    """Load the model named by the worker's flags into a ModelRunner (with the template it serves).
+
+    Without --device: cuda if available, else mps, else the CPU, which runs float32 (float16 on a CPU is
+    slow and imprecise); the device and dtype are logged. The runner batches up to
+    --limit-model-concurrency requests (llava.serve.batching)."""
     from llava.conversation import choose_conv_mode
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
     from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS
-    from llava.serve.inference import ModelRunner
+    from llava.serve.inference import ModelRunner, default_device, describe_device
 
     name = args.model_name or get_model_name_from_path(args.model_path)
+    device = args.device or default_device()
     tokenizer, model, image_processor, context_len = load_pretrained_model(
         args.model_path,
         args.model_base,
         name,
         args.load_8bit,
         args.load_4bit,
-        device=args.device,
+        device=device,
         use_flash_attn=args.use_flash_attn,
     )
+    build_logger(DEVICE_LOGGER).info(describe_device(model, args.device))
     has_tower = hasattr(model, "get_vision_tower") and model.get_vision_tower() is not None
     multimodal = has_tower and image_processor is not None
     conv_template = choose_conv_mode(args.conv_mode, model.config, name, multimodal=multimodal)
@@ -299,13 +446,20 @@ def load_runner(args):
         max_image_pixels=max_pixels,
         conv_template=conv_template,
         limits=limits,
+        max_batch=args.limit_model_concurrency,
     )
 
 
 def main(argv=None) -> None:
     import uvicorn
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        secret = trust.resolve_secret(args.secret)
+        trust.check_worker_url(args.worker_address)
+    except ValueError as e:
+        parser.error(str(e))
     t0 = time.time()
     runner = load_runner(args)
     worker = ModelWorker(
@@ -315,9 +469,16 @@ def main(argv=None) -> None:
         limit_model_concurrency=args.limit_model_concurrency,
         no_register=args.no_register,
         heart_beat_interval=args.heart_beat_interval,
+        max_queue=args.max_queue,
+        secret=secret,
+        max_body_bytes=args.max_body_bytes,
+        max_prompt_chars=args.max_prompt_chars,
     )
+    warning = trust.exposure_warning(args.host, secret, "this model worker")
+    if warning:
+        worker.logger.warning(warning)
     worker.logger.info(
-        f"args: {args}; model {runner.model_name!r} loaded in {time.time() - t0:.1f}s, "
+        f"args: {trust.redacted(args)}; model {runner.model_name!r} loaded in {time.time() - t0:.1f}s, "
         f"conversation template {runner.conv_template!r}"
     )
     uvicorn.run(create_app(worker), host=args.host, port=args.port, log_level="warning")

@@ -17,37 +17,53 @@ are server-sent events ending with `data: [DONE]`. Prompts
 are rendered in the template the model's worker serves (the controller's /list_models reports it),
 unless --conv-mode names one for all models; the worker's answer stops where that template's
 assistant turn ends (`Conversation.stop_str`) and on the request's `stop`.
+
+Bounded before any work: the body is read piece by piece up to --max-body-bytes (413), then the
+images per request, pixels per image and per request, and the prompt's characters (400); at most
+--max-concurrent-requests are in flight (429 beyond). A full worker queue upstream (HTTP 429, an
+OVERLOADED chunk) is answered 429 with its Retry-After and the cause. Calls to the controller carry
+the stack's shared secret (--secret / $LLAVA_SERVE_SECRET); the API's own keys (--api-keys) are separate.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
 import secrets
+import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from llava.conversation import get_conv_template
-from llava.serve import protocol
+from llava.serve import protocol, trust
 from llava.serve.conv_mode import remote_conversation
 from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS
 from llava.serve.logs import build_logger
+from llava.serve.model_worker import DEFAULT_MAX_PROMPT_CHARS
 from llava.serve.openai_messages import (
     APIError,
     ChatCompletionRequest,
+    InputPolicy,
     build_prompt,
     check_supported,
     user_stops,
 )
+from llava.serve.processes import release_freed_memory
+from llava.serve.request_visuals import DEFAULT_MAX_REQUEST_PIXELS, MAX_VISUALS_PER_REQUEST, VisualLimits
 from llava.serve.video_inputs import DEFAULT_MAX_VIDEO_FRAMES, VideoPolicy
 
 API_KEYS_ENV = "LLAVA_API_KEYS"
 DEFAULT_MAX_TOKENS = 512
+DEFAULT_MAX_CONCURRENT_REQUESTS = 256
+SPARE_CONNECTIONS = 16  # the controller connection pool's room beyond one per admitted request
+IDLE_TRIM_DELAY = 0.5  # seconds without a request before freed memory goes back to the OS
 
 
 @dataclass
@@ -59,17 +75,113 @@ class APISettings:
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
     video_dir: str | None = None  # local videos are read only inside it (None: none are)
     max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES
+    secret: str | None = None  # the stack's shared secret, sent to the controller
+    max_body_bytes: int = trust.DEFAULT_MAX_BODY_BYTES
+    max_images: int = MAX_VISUALS_PER_REQUEST
+    max_request_pixels: int | None = DEFAULT_MAX_REQUEST_PIXELS
+    max_prompt_chars: int | None = DEFAULT_MAX_PROMPT_CHARS
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
 
     def video_policy(self) -> VideoPolicy:
         return VideoPolicy(self.video_dir, self.max_video_frames, max_pixels=self.max_image_pixels)
 
+    def input_policy(self) -> InputPolicy:
+        limits = VisualLimits(
+            max_visuals=self.max_images,
+            max_image_pixels=self.max_image_pixels,
+            max_request_pixels=self.max_request_pixels,
+        )
+        return InputPolicy(self.allow_image_urls, limits, self.video_policy(), self.max_prompt_chars)
 
-def _error_status(worker_status: int, error_code: int) -> int:
-    if error_code == protocol.NO_WORKER or worker_status == 404:
+
+def _error_status(upstream_status: int, error_code: int) -> int:
+    """The HTTP status for an error chunk that came with `upstream_status`."""
+    if error_code == protocol.OVERLOADED or upstream_status == 429:
+        return 429
+    if error_code == protocol.NO_WORKER or upstream_status == 404:
         return 404
-    if worker_status == 400:
-        return 400
-    return 502 if error_code == protocol.WORKER_UNREACHABLE else 500
+    if upstream_status in (400, 413):
+        return upstream_status
+    if error_code == protocol.WORKER_UNREACHABLE or upstream_status == 401:
+        return 502
+    return 500
+
+
+def _error_type(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status in (400, 404, 413) else "server_error"
+
+
+def upstream_error(address: str, e: Exception) -> APIError:
+    """The APIError for an httpx failure talking to the controller at `address`, naming its real cause."""
+    import httpx
+
+    what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    if isinstance(e, httpx.PoolTimeout):
+        return APIError(
+            429,
+            "this API server has no free connection to the controller (all in use); retry shortly",
+            "rate_limit_error",
+            headers={protocol.RETRY_AFTER: "1"},
+        )
+    if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return APIError(503, f"the controller at {address} is unreachable ({what})", "server_error")
+    if isinstance(e, httpx.TimeoutException):
+        return APIError(504, f"the controller at {address} did not answer in time ({what})", "server_error")
+    return APIError(502, f"the connection to the controller at {address} failed ({what})", "server_error")
+
+
+def refused_secret(address: str) -> str:
+    return (
+        f"the controller at {address} refused this API server's calls: they lack the stack's shared secret "
+        f"or carry a wrong one (start the API server with ${trust.ENV} or --secret set as on the controller)"
+    )
+
+
+class Admission:
+    """Requests in flight at the API, at most `limit` (an APIError 429 beyond it); when the last one
+    leaves, freed memory is given back to the OS a moment later (a burst of large images leaves
+    hundreds of MB in the C allocator otherwise)."""
+
+    def __init__(self, limit: int):
+        if limit < 1:
+            raise ValueError(f"--max-concurrent-requests must be >= 1, got {limit}")
+        self.limit, self.active = limit, 0
+        self._lock = threading.Lock()
+        self._loop = None
+
+    def enter(self):
+        """A release callable (idempotent, safe from any thread) for an admitted request."""
+        with self._lock:
+            if self.active >= self.limit:
+                raise APIError(
+                    429,
+                    f"this API server has {self.active} requests in flight (limit {self.limit}, "
+                    "--max-concurrent-requests); retry shortly",
+                    "rate_limit_error",
+                    headers={protocol.RETRY_AFTER: "1"},
+                )
+            self.active += 1
+        self._loop = asyncio.get_running_loop()
+        done = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if done.is_set():
+                    return
+                done.set()
+                self.active -= 1
+                idle = self.active == 0
+            if idle:
+                with contextlib.suppress(RuntimeError):  # the loop closed: the server is stopping
+                    self._loop.call_soon_threadsafe(self._loop.call_later, IDLE_TRIM_DELAY, self._trim)
+
+        return release
+
+    def _trim(self) -> None:
+        if self.active == 0:
+            release_freed_memory()
 
 
 def with_total(usage: dict | None) -> dict:
@@ -125,13 +237,17 @@ class ControllerClient:
 
         try:
             r = await self.http.post(self.address + "/list_models")
+        except httpx.HTTPError as e:
+            raise upstream_error(self.address, e) from None
+        if r.status_code == 401:
+            raise APIError(502, refused_secret(self.address), "server_error")
+        try:
             r.raise_for_status()
             data = r.json()
             return {"models": list(data["models"]), "conv_templates": dict(data.get("conv_templates") or {})}
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
-            raise APIError(
-                503, f"the controller at {self.address} is unreachable ({e})", "server_error"
-            ) from None
+            msg = f"the controller at {self.address} gave no usable model list ({type(e).__name__}: {e})"
+            raise APIError(502, msg, "server_error") from None
 
     async def open_stream(self, pload: dict) -> tuple[Upstream, dict]:
         """The worker's stream for `pload` and its first chunk; an APIError when it fails at once."""
@@ -143,19 +259,33 @@ class ControllerClient:
                 stream=True,
             )
         except httpx.HTTPError as e:
-            raise APIError(
-                503, f"the controller at {self.address} is unreachable ({e})", "server_error"
-            ) from None
+            raise upstream_error(self.address, e) from None
         upstream = Upstream(response)
         first = await upstream.next()
         if first is None or first["error_code"] != protocol.OK:
             await upstream.aclose()
-            msg = first["text"] if first else "the worker closed the stream without an answer"
-            code = first["error_code"] if first else protocol.WORKER_ERROR
-            status = _error_status(response.status_code, code)
-            kind = "invalid_request_error" if status in (400, 404) else "server_error"
-            raise APIError(status, msg, kind, code="model_not_found" if status == 404 else None)
+            raise self._refusal(response, first)
         return upstream, first
+
+    def _refusal(self, response, first: dict | None) -> APIError:
+        """The APIError for a stream that failed before its first token (its status, its cause)."""
+        msg = first["text"] if first else "the worker closed the stream without an answer"
+        code = first["error_code"] if first else protocol.WORKER_ERROR
+        status = _error_status(response.status_code, code)
+        headers = None
+        if status == 429:
+            headers = {
+                protocol.RETRY_AFTER: str(protocol.parse_retry_after(response.headers.get("retry-after")))
+            }
+        elif response.status_code == 401:
+            msg = refused_secret(self.address)
+        return APIError(
+            status,
+            msg,
+            _error_type(status),
+            code="model_not_found" if status == 404 else None,
+            headers=headers,
+        )
 
 
 class Upstream:
@@ -210,21 +340,28 @@ class Reply:
         return f"data: {json.dumps(obj)}\n\n"
 
 
+def midstream_error(chunk: dict) -> APIError:
+    """The error for a stream that failed after it started (502 when the worker went away)."""
+    status = 502 if chunk["error_code"] == protocol.WORKER_UNREACHABLE else 500
+    return APIError(status, chunk["text"], "server_error")
+
+
 async def complete(upstream: Upstream, first: dict, reply: Reply) -> dict:
     """The whole answer as one `chat.completion` object."""
     last = first
     try:
         while (c := await upstream.next()) is not None:
             if c["error_code"] != protocol.OK:
-                raise APIError(500, c["text"], "server_error")
+                raise midstream_error(c)
             last = c
     finally:
         await upstream.aclose()
     return reply.completion(last)
 
 
-async def stream_events(upstream: Upstream, first: dict, reply: Reply, include_usage: bool):
-    """Server-sent `chat.completion.chunk` events: the role, content deltas, the finish, `[DONE]`."""
+async def stream_events(upstream: Upstream, first: dict, reply: Reply, include_usage: bool, on_close=None):
+    """Server-sent `chat.completion.chunk` events: the role, content deltas, the finish, `[DONE]`;
+    `on_close()` runs when the stream ends, however it ends."""
     sent = ""
     try:
         role = {"role": "assistant", "content": ""}
@@ -232,7 +369,7 @@ async def stream_events(upstream: Upstream, first: dict, reply: Reply, include_u
         c = first
         while c is not None:
             if c["error_code"] != protocol.OK:
-                yield f"data: {json.dumps(APIError(500, c['text'], 'server_error').body())}\n\n"
+                yield f"data: {json.dumps(midstream_error(c).body())}\n\n"
                 return
             answer = reply.answer(c)
             if len(answer) > len(sent):
@@ -245,7 +382,11 @@ async def stream_events(upstream: Upstream, first: dict, reply: Reply, include_u
             c = await upstream.next()
         yield "data: [DONE]\n\n"
     finally:
-        await upstream.aclose()
+        try:
+            await upstream.aclose()
+        finally:
+            if on_close is not None:
+                on_close()
 
 
 def _key_ok(settings: APISettings, authorization: str) -> bool:
@@ -267,9 +408,22 @@ def create_app(settings: APISettings):
             warned.add(message)
             logger.warning(message)
 
+    admission = Admission(settings.max_concurrent_requests)
+    policy = settings.input_policy()
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
+        # One connection per admitted request (it holds one at a time) and some spare: the pool is
+        # never why a request fails; a pool that is out anyway answers 429, not "unreachable".
+        limits = httpx.Limits(
+            max_connections=settings.max_concurrent_requests + SPARE_CONNECTIONS,
+            max_keepalive_connections=min(settings.max_concurrent_requests, 64),
+        )
+        app.state.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, read=None),
+            limits=limits,
+            headers=trust.secret_headers(settings.secret),
+        )
         app.state.controller = ControllerClient(app.state.http, settings.controller_address)
         try:
             yield
@@ -280,7 +434,7 @@ def create_app(settings: APISettings):
 
     @app.exception_handler(APIError)
     async def api_error(request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.middleware("http")
     async def check_key(request: Request, call_next):
@@ -296,39 +450,58 @@ def create_app(settings: APISettings):
 
     @app.get("/v1/models")
     async def models(request: Request):
-        names = (await request.app.state.controller.listing())["models"]
+        release = admission.enter()
+        try:
+            names = (await request.app.state.controller.listing())["models"]
+        finally:
+            release()
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "llava"} for n in names]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
+    async def read_request(request: Request) -> ChatCompletionRequest:
+        """The request, its body bounded by --max-body-bytes while it is read (413 past it)."""
         try:
-            raw = await request.json()
-        except ValueError:
-            raise APIError(400, "the request body is not valid JSON") from None
-        req = parse_request(raw)
+            _, raw = await trust.read_json(request, settings.max_body_bytes)
+        except trust.BodyError as e:
+            code = "request_too_large" if e.status == 413 else None
+            raise APIError(e.status, str(e), code=code) from None
+        return parse_request(raw)
+
+    async def open_answer(request: Request, req: ChatCompletionRequest):
+        """(the reply, the worker's stream, its first chunk) for a parsed request."""
         stops = user_stops(req)
         controller: ControllerClient = request.app.state.controller
         templates = (await controller.listing())["conv_templates"]  # what each model's worker serves
         conv = conversation_for(req.model, settings.conv_mode, templates, warn_once)
-        prompt, images = await run_in_threadpool(
-            build_prompt,
-            req,
-            conv,
-            settings.allow_image_urls,
-            settings.max_image_pixels,
-            settings.video_policy(),
-        )
-        upstream, first = await controller.open_stream(generation_payload(req, conv, prompt, images, stops))
+        prompt, images = await run_in_threadpool(build_prompt, req, conv, policy)
+        pload = generation_payload(req, conv, prompt, images, stops)
+        del images  # the payload holds them; nothing else should keep them alive
+        videos = sum(1 for x in pload["images"] if isinstance(x, list))
+        upstream, first = await controller.open_stream(pload)
         reply = Reply(req.model, prompt)
-        videos = sum(1 for x in images if isinstance(x, list))
         logger.info(
-            f"{reply.id}: model={req.model} images={len(images) - videos} videos={videos} stream={req.stream}"
+            f"{reply.id}: model={req.model} images={len(pload['images']) - videos} videos={videos} "
+            f"stream={req.stream}"
         )
-        if not req.stream:
-            return await complete(upstream, first, reply)
+        return reply, upstream, first
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        release = admission.enter()
+        try:
+            req = await read_request(request)
+            reply, upstream, first = await open_answer(request, req)
+            if not req.stream:
+                try:
+                    return await complete(upstream, first, reply)
+                finally:
+                    release()
+        except BaseException:
+            release()
+            raise
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = stream_events(upstream, first, reply, include_usage)
+        events = stream_events(upstream, first, reply, include_usage, on_close=release)
+        weakref.finalize(events, release)  # a response dropped before its body is sent
         return StreamingResponse(events, media_type="text/event-stream")
 
     return app
@@ -336,7 +509,9 @@ def create_app(settings: APISettings):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="OpenAI-compatible API for LLaVA model workers")
-    p.add_argument("--host", type=str, default="localhost")
+    p.add_argument(
+        "--host", type=str, default=trust.DEFAULT_HOST, help="address to listen on (default: loopback only)"
+    )
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--controller-address", type=str, default="http://localhost:21001")
     p.add_argument(
@@ -345,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"comma-separated keys clients must send as 'Authorization: Bearer KEY' (default ${API_KEYS_ENV}; none: open)",
     )
+    trust.add_secret_flag(p)
     p.add_argument(
         "--allow-image-urls", action="store_true", help="fetch http(s) image URLs (off: data: URLs only)"
     )
@@ -354,7 +530,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="template for all models (default: the one each model's worker serves)",
     )
-    p.add_argument("--max-image-pixels", type=int, default=None)
+    trust.add_body_limit_flag(p)
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=MAX_VISUALS_PER_REQUEST,
+        help="refuse requests with more images and videos (a video counts as one)",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="refuse images (and video frames) with more pixels, from their headers",
+    )
+    p.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_PIXELS,
+        help="refuse requests whose images and kept video frames hold more pixels together",
+    )
+    p.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        default=DEFAULT_MAX_PROMPT_CHARS,
+        help="refuse conversations whose rendered prompt has more characters (checked before tokenising)",
+    )
+    p.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENT_REQUESTS,
+        help="requests in flight at once (streaming included); more are answered 429 with Retry-After",
+    )
     p.add_argument(
         "--video-dir",
         type=str,
@@ -370,22 +576,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> None:
-    import uvicorn
+def exposure_warning(host: str, api_keys: list[str]) -> str | None:
+    """A warning for the API bound beyond loopback without API keys: anyone who reaches it can use it."""
+    if api_keys or trust.exposure_warning(host, None, "") is None:  # (None: a loopback address)
+        return None
+    return (
+        f"the OpenAI API server listens on {host} without API keys: anyone who reaches it can use your "
+        f"models. Set --api-keys or ${API_KEYS_ENV} (docs/Serving.md, 'Exposing the stack')"
+    )
 
-    args = build_parser().parse_args(argv)
+
+def settings_from_args(args) -> APISettings:
     keys_raw = args.api_keys if args.api_keys is not None else os.environ.get(API_KEYS_ENV, "")
-    settings = APISettings(
+    return APISettings(
         controller_address=args.controller_address,
         api_keys=[k.strip() for k in keys_raw.split(",") if k.strip()],
         allow_image_urls=args.allow_image_urls,
         conv_mode=args.conv_mode,
-        max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS,
+        max_image_pixels=args.max_image_pixels,
         video_dir=args.video_dir,
         max_video_frames=args.max_video_frames,
+        secret=trust.resolve_secret(args.secret),
+        max_body_bytes=args.max_body_bytes,
+        max_images=args.max_images,
+        max_request_pixels=args.max_request_pixels,
+        max_prompt_chars=args.max_prompt_chars,
+        max_concurrent_requests=args.max_concurrent_requests,
     )
+
+
+def main(argv=None) -> None:
+    import uvicorn
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as e:  # a too-short secret
+        parser.error(str(e))
     if args.conv_mode:
         get_conv_template(args.conv_mode)  # fail at start, with the valid names, not at the first request
+    warning = exposure_warning(args.host, settings.api_keys)
+    if warning:
+        build_logger("openai_api_server", "openai_api_server.log").warning(warning)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
 
 

@@ -41,6 +41,23 @@ class VisualLimits:
     max_request_pixels: int | None = DEFAULT_MAX_REQUEST_PIXELS
 
 
+def check_visual_count(n: int, limits: VisualLimits) -> None:
+    """ImageInputError when a request holds more than `limits.max_visuals` images and videos."""
+    if n > limits.max_visuals:
+        raise ImageInputError(
+            f"{n} images/videos sent; at most {limits.max_visuals} per request (a video counts as one)"
+        )
+
+
+def check_request_pixels(total: int, limits: VisualLimits) -> None:
+    """ImageInputError when a request's images and kept frames hold more than `limits.max_request_pixels`."""
+    if limits.max_request_pixels is not None and total > limits.max_request_pixels:
+        raise ImageInputError(
+            f"the request's images and video frames hold {total} pixels together, over the limit of "
+            f"{limits.max_request_pixels}; send fewer or smaller images"
+        )
+
+
 def _shape_error(i: int, n: int, entry) -> ImageInputError:
     return ImageInputError(
         f"image {i + 1} of {n} must be a base64 string (an image) or a list of base64 strings "
@@ -53,10 +70,7 @@ def _plan(entries, limits: VisualLimits, keep_frames) -> list[tuple[bool, list[t
     if not isinstance(entries, list):
         raise ImageInputError("'images' must be a list: a base64 string per image, a list of them per video")
     n = len(entries)
-    if n > limits.max_visuals:
-        raise ImageInputError(
-            f"{n} images/videos sent; at most {limits.max_visuals} per request (a video counts as one)"
-        )
+    check_visual_count(n, limits)
     plan = []
     for i, entry in enumerate(entries):
         if isinstance(entry, (str, Image.Image)):
@@ -97,11 +111,7 @@ def decode_request_visuals(
             total += head.size[0] * head.size[1]
             heads.append((head, what))
         opened.append((is_video, heads))
-    if limits.max_request_pixels is not None and total > limits.max_request_pixels:
-        raise ImageInputError(
-            f"the request's images and video frames hold {total} pixels together, over the limit of "
-            f"{limits.max_request_pixels}; send fewer or smaller images"
-        )
+    check_request_pixels(total, limits)
     out = []
     for is_video, heads in opened:
         decoded = [load_rgb(head, what) for head, what in heads]

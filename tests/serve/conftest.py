@@ -101,7 +101,7 @@ def stack(tmp_path_factory, tiny_llava, tiny_llava_b):
                     "--worker-address", f"http://127.0.0.1:{port}",
                     "--controller-address", ctl_url,
                     "--model-path", str(path), "--device", "cpu",
-                    "--limit-model-concurrency", str(limit),
+                    "--limit-model-concurrency", str(limit), "--max-queue", "64",
                     "--heart-beat-interval", "0.5",
                 ],
                 port,

@@ -1,21 +1,27 @@
-"""`python -m llava.serve.cli` driven through stdin: two turns about waterview.jpg."""
+"""`python -m llava.serve.cli` driven through stdin (two turns about waterview.jpg) and through a
+pseudo-terminal, as a person types: readline line editing and history, Ctrl-D and Ctrl-C ending it
+without a traceback (Ctrl-C with status 130), and bad --image-file values as one-line errors."""
 
 import ast
 import os
+import select
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.serve.processes import free_port
 from tests.serve.stack import REPO, WATERVIEW
 
-pytestmark = pytest.mark.slow
+ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+LEFT, UP, CTRL_C, CTRL_D = "\x1b[D", "\x1b[A", "\x03", "\x04"
 
 
 def run_cli(args, stdin, timeout=180):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, **ENV}
     return subprocess.run(
         [sys.executable, "-m", "llava.serve.cli", *args],
         input=stdin,
@@ -31,6 +37,7 @@ def _debug_records(stdout: str) -> list[dict]:
     return [ast.literal_eval(line) for line in stdout.splitlines() if line.startswith("{'prompt'")]
 
 
+@pytest.mark.slow
 def test_two_turns_about_waterview(tiny_llava):
     args = ["--model-path", str(tiny_llava), "--image-file", str(WATERVIEW), "--device", "cpu"]
     args += ["--temperature", "0", "--max-new-tokens", "8", "--debug"]
@@ -69,3 +76,96 @@ def test_two_turns_about_waterview(tiny_llava):
 def test_missing_image_file_is_a_clear_error(tmp_path):
     r = run_cli(["--model-path", str(tmp_path), "--image-file", str(tmp_path / "nope.jpg")], "", timeout=60)
     assert r.returncode != 0 and "nope.jpg: cannot read it" in r.stderr
+
+
+def test_a_non_image_or_unreachable_image_file_is_one_line_naming_it(tmp_path):
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("shopping list: milk, eggs")
+    url = f"http://127.0.0.1:{free_port()}/cat.jpg"  # nothing listens there
+    for bad, why in ((notes, "is not a readable image"), (url, "could not fetch")):
+        r = run_cli(["--model-path", str(tmp_path), "--image-file", str(bad)], "", timeout=60)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"--image-file {bad}") and why in line, line
+
+
+class Terminal:
+    """The CLI on a pseudo-terminal (its controlling terminal, so Ctrl-C is a real SIGINT)."""
+
+    def __init__(self, args):
+        import pty
+
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child
+            os.chdir(REPO)
+            os.execvpe(
+                sys.executable, [sys.executable, "-m", "llava.serve.cli", *args], {**os.environ, **ENV}
+            )
+        self.out = ""
+
+    def read_until(self, text: str, timeout: float = 180, start: int = 0) -> int:
+        """Read output until `text` appears after index `start`; its index."""
+        deadline = time.monotonic() + timeout
+        while (i := self.out.find(text, start)) < 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} within {timeout}s; output:\n{self.out[-3000:]}")
+            if select.select([self.fd], [], [], 0.5)[0]:
+                try:
+                    self.out += os.read(self.fd, 65536).decode(errors="replace")
+                except OSError:  # the child exited
+                    raise AssertionError(
+                        f"the CLI exited before {text!r}; output:\n{self.out[-3000:]}"
+                    ) from None
+        return i
+
+    def type(self, keys: str) -> None:
+        os.write(self.fd, keys.encode())
+
+    def exit_code(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with_output = select.select([self.fd], [], [], 0.2)[0]
+            if with_output:
+                try:
+                    self.out += os.read(self.fd, 65536).decode(errors="replace")
+                except OSError:
+                    pass
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+        os.kill(self.pid, 9)
+        raise AssertionError(f"the CLI did not exit; output:\n{self.out[-3000:]}")
+
+
+def _cli_args(tiny_llava):
+    return ["--model-path", str(tiny_llava), "--image-file", str(WATERVIEW), "--device", "cpu"] + [
+        "--temperature", "0", "--max-new-tokens", "4", "--debug"
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_arrow_keys_edit_the_line_and_recall_history_then_ctrl_d_quits(tiny_llava):
+    t = Terminal(_cli_args(tiny_llava))
+    at = t.read_until("USER: ")
+    t.type("abc" + LEFT + LEFT + "X\r")  # the cursor moves two left: "aXbc", not "abc^[[D^[[DX"
+    at = t.read_until("USER: ", start=t.read_until("{'prompt'", start=at))
+    t.type(UP + "\r")  # the previous question again, from readline's history
+    at = t.read_until("USER: ", start=t.read_until("{'prompt'", start=at))
+    t.type(CTRL_D)
+    assert t.exit_code() == 0, t.out[-2000:]
+    records = [ast.literal_eval(line.strip()) for line in t.out.splitlines() if line.startswith("{'prompt'")]
+    first, second = (r["prompt"] for r in records)
+    assert first.endswith("USER: <image>\naXbc ASSISTANT:"), first
+    assert second.endswith("USER: aXbc ASSISTANT:") and second.count("aXbc") == 2, second
+    assert "\x1b" not in first + second and "Traceback" not in t.out
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_without_a_traceback(tiny_llava):
+    t = Terminal(_cli_args(tiny_llava))
+    t.read_until("USER: ")
+    t.type("half a quest")
+    t.type(CTRL_C)
+    assert t.exit_code() == 130, t.out[-2000:]
+    assert "Traceback" not in t.out and "KeyboardInterrupt" not in t.out

@@ -1,6 +1,5 @@
 """Controller registry/dispatch/expiry and the worker's HTTP layer, in-process (no model)."""
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,9 +8,9 @@ from fastapi.testclient import TestClient
 
 from llava.serve import protocol
 from llava.serve.controller import Controller, create_app
-from llava.serve.inference import RequestError
 from llava.serve.model_worker import ModelWorker
 from llava.serve.model_worker import create_app as create_worker_app
+from tests.serve.stack import FakeRunner
 
 
 def _status(models, queue=0, speed=1):
@@ -103,46 +102,6 @@ def test_controller_http_endpoints(controller):
         assert r.status_code == 502 and chunks[0]["error_code"] == protocol.WORKER_UNREACHABLE
         # refresh asks every worker for its status; the dead one is removed.
         assert client.post("/refresh_all_workers").json() == {"models": []}
-
-
-class _Prepared:
-    def __init__(self, n):
-        self.n = n
-        self.cancel = threading.Event()
-
-
-class FakeRunner:
-    """Deterministic stand-in for ModelRunner: answers 'tok0 tok1 ...' and records concurrency."""
-
-    model_name = "fake-llava"
-
-    def __init__(self):
-        self.running = 0
-        self.max_running = 0
-        self.lock = threading.Lock()
-
-    def prepare(self, params):
-        if params.get("prompt") == "bad":
-            raise RequestError("bad prompt, says the fake")
-        if params.get("prompt") == "crash":
-            raise RuntimeError("boom in prepare")
-        return _Prepared(int(params.get("max_new_tokens", 3)))
-
-    def stream(self, prep):
-        with self.lock:
-            self.running += 1
-            self.max_running = max(self.max_running, self.running)
-        try:
-            text = "P:"
-            for i in range(prep.n):
-                time.sleep(0.01)
-                text += f" tok{i}"
-                yield {"text": text, "error_code": 0}
-            if prep.n == 99:
-                raise RuntimeError("model exploded")
-        finally:
-            with self.lock:
-                self.running -= 1
 
 
 def test_worker_http_layer_limits_concurrency_and_survives_errors(tmp_path, monkeypatch):

@@ -170,3 +170,55 @@ def test_api_key_is_required(stack):
     with pytest.raises(openai.AuthenticationError, match="API key"):
         bad.models.list()
     assert requests.get(stack.api.url + "/v1/models", timeout=10).status_code == 401
+
+
+# ----------------------------------------------------------------------------- a real controller, in-process
+def test_api_through_a_stack_with_a_secret_and_a_full_worker(tmp_path, monkeypatch):
+    """The real controller and worker HTTP layers (a stub model) with a shared secret: the API that holds
+    the secret is served, one without it is told why it is refused (502 naming the secret, not a
+    bare error), and a full worker reaches the client as 429 with Retry-After and the cause."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from llava.serve import controller as controller_mod
+    from llava.serve import model_worker as worker_mod
+    from llava.serve import trust
+    from llava.serve.openai_api_server import APISettings, create_app
+    from llava.serve.processes import wait_until
+    from tests.serve.stack import STUB_MODEL, serving, stub_worker
+
+    monkeypatch.setenv("LLAVA_LOGDIR", str(tmp_path))
+    monkeypatch.delenv(trust.ENV, raising=False)
+    secret = "openai-api-test-secret-42"
+    worker = stub_worker("http://127.0.0.1:8", limit=1, max_queue=0, delay=0.3, secret=secret)
+    ctl = controller_mod.Controller(heart_beat_expiration=30, secret=secret)
+    body = {"model": STUB_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    with (
+        serving(worker_mod.create_app(worker)) as (wurl, _),
+        serving(controller_mod.create_app(ctl)) as (curl, _),
+    ):
+        worker.worker_addr = wurl
+        status = {"model_names": [STUB_MODEL], "speed": 1, "queue_length": 0}
+        registration = {"worker_name": wurl, "check_heart_beat": False, "worker_status": status}
+        r = requests.post(curl + "/register_worker", json=registration, headers=trust.secret_headers(secret))
+        assert r.json() == {"registered": True}
+        with TestClient(create_app(APISettings(controller_address=curl))) as outsider:
+            r = outsider.post("/v1/chat/completions", json=body)
+            assert r.status_code == 502 and "lack the stack's shared secret" in r.json()["error"]["message"]
+        with (
+            TestClient(create_app(APISettings(controller_address=curl, secret=secret))) as client,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            busy = pool.submit(client.post, "/v1/chat/completions", json=body)
+            wait_until(lambda: worker.get_queue_length() == 1, timeout=10, what="the worker to be busy")
+            r = client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= protocol.MAX_RETRY_AFTER
+            err = r.json()["error"]
+            assert (
+                err["type"] == "rate_limit_error"
+                and f"worker {wurl}: 1 requests generating" in err["message"]
+            )
+            done = busy.result(timeout=30)
+            assert done.status_code == 200, done.text
+            assert done.json()["object"] == "chat.completion"  # (the stub's text is not an answer)
