@@ -72,7 +72,9 @@ def test_stream_through_controller(stack):
     body = payload()
     status, chunks = stream(stack.controller.url, body)
     assert status == 200 and all(c["error_code"] == 0 for c in chunks)
-    assert len(chunks) >= 3, "expected several streamed chunks"
+    # the worker sends the first chunk at once, then at most one every 0.05 s (llava.serve.batching), and
+    # the last: a fast answer may come in two
+    assert len(chunks) >= 2, "expected the first and the last chunk at least"
     texts = [c["text"] for c in chunks]
     assert all(t.startswith(body["prompt"]) for t in texts)
     assert all(len(a) <= len(b) and b.startswith(a) for a, b in zip(texts, texts[1:])), (
