@@ -162,6 +162,7 @@ def main(argv=None) -> dict:
             "--num_train_epochs",
             str(args.epochs),
             *expand(task.stage2_flags, data),
+            *(expand(task.quick_stage2_flags, data) if args.quick else []),
         ],
         env,
     )

@@ -107,12 +107,13 @@ def test_quick_multi_image_demo_learns_to_compare(tmp_path, capfd):
 
 
 @pytest.mark.slow
-def test_quick_video_demo_runs_end_to_end(tmp_path, capfd):
-    # The quick run (about a minute) checks the video path end to end only: the tiny LLM needs ~8,000
-    # clips before it tells the direction (the default run: 4,000 clips x 5 epochs, 100% held out), so
-    # here it learns the answer format, not the direction (chance is 25%, four directions).
+def test_quick_video_demo_learns_the_direction(tmp_path, capfd):
+    # About 200 s: the tiny LLM tells the direction (not only the axis) after about 1,000 optimizer
+    # steps, so the quick run is 2,000 clips x 4 epochs in batches of 8 (79% on 80 held out; the
+    # default run, 4,000 clips x 5 epochs, reaches 100% on 200). Chance is 25% (four directions).
     result = main(["--task", "video", "--quick", "--out", str(tmp_path)])
     out = capfd.readouterr().out
+    assert result["accuracy"] >= 0.6, f"chance is 25% (four directions): {result}"
     assert "held-out accuracy" in out and "chance 25%" in out
     answers = _lines(tmp_path / "eval_answers.jsonl")
     assert len(answers) == TASKS["video"].quick.n_eval
