@@ -90,16 +90,6 @@ def load_video_file(path: str, model_cfg) -> list:
         raise SystemExit(f"--video-file {path}: {e}") from None
 
 
-def default_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def chat(
     runner,
     conv,
@@ -206,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     """The CLI; Ctrl-C (while loading, reading or answering) exits with status 130, no traceback."""
+    from llava.serve.interrupts import deliver_sigint_to_main_thread
+
+    deliver_sigint_to_main_thread()  # also when another thread (tqdm's, the batching engine's) takes it
     try:
         run(argv)
     except KeyboardInterrupt:
@@ -226,7 +219,7 @@ def run(argv=None) -> None:
     from llava.conversation import choose_conv_mode, get_conv_template
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
-    from llava.serve.inference import ModelRunner
+    from llava.serve.inference import ModelRunner, default_device
 
     device = args.device or default_device()
     model_name = get_model_name_from_path(args.model_path)
@@ -244,7 +237,12 @@ def run(argv=None) -> None:
         )
     conv = get_conv_template(conv_mode, tokenizer)
     visuals = images if images else [load_video_file(args.video_file, model.config)]
-    chat(runner, conv, visuals, args.temperature, args.max_new_tokens, args.debug)
+    try:
+        chat(runner, conv, visuals, args.temperature, args.max_new_tokens, args.debug)
+    finally:
+        # The batching engine's thread stops before the interpreter does: a daemon thread still inside
+        # a torch op at exit aborts the process ("terminate called without an active exception").
+        runner.close()
 
 
 if __name__ == "__main__":

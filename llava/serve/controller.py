@@ -344,9 +344,7 @@ def create_app(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="LLaVA serving controller")
-    p.add_argument(
-        "--host", type=str, default=trust.DEFAULT_HOST, help="address to listen on (default: loopback only)"
-    )
+    trust.add_host_flag(p)
     p.add_argument("--port", type=int, default=21001)
     p.add_argument(
         "--dispatch-method", type=str, choices=["lottery", "shortest_queue"], default="shortest_queue"

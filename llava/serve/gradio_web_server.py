@@ -186,14 +186,6 @@ class WebUI:
             new_state.append_message(new_state.roles[1], None)
             state = new_state
 
-        try:
-            worker_addr = self.link.worker_address(model_name)
-        except UpstreamError as e:
-            self.logger.info(f"model_name: {model_name}: {e}")
-            yield self._failed(state, str(e))
-            return
-        self.logger.info(f"model_name: {model_name}, worker_addr: {worker_addr}")
-
         pload = worker_payload(state, model_name, temperature, top_p, max_new_tokens)
         prompt = pload["prompt"]
         image_paths = [
@@ -205,7 +197,7 @@ class WebUI:
         yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons(False)
         output = ""
         try:
-            for data in self.link.stream(worker_addr, pload):
+            for data in self.link.answer(model_name, pload):
                 if data["error_code"] != protocol.OK:
                     yield self._failed(state, f"{data['text']} (error_code: {data['error_code']})")
                     return
@@ -213,7 +205,7 @@ class WebUI:
                 state.messages[-1][-1] = output
                 yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons(False)
         except UpstreamError as e:
-            self.logger.error(f"worker stream failed: {e}")
+            self.logger.error(f"model {model_name}: {e}")
             yield self._failed(state, str(e))
             return
         yield (state, chatbot_messages(state, self.s.logdir)) + self._buttons(True)
@@ -355,9 +347,7 @@ def build_demo(settings: WebSettings, logger=None):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="LLaVA Gradio web server")
-    p.add_argument(
-        "--host", type=str, default=trust.DEFAULT_HOST, help="address to listen on (default: loopback only)"
-    )
+    trust.add_host_flag(p)
     p.add_argument("--port", type=int)
     p.add_argument("--controller-url", type=str, default="http://localhost:21001")
     trust.add_secret_flag(p)

@@ -32,14 +32,14 @@ from fastapi import Request
 
 from llava.constants import WORKER_HEART_BEAT_INTERVAL
 from llava.serve import protocol, trust
+from llava.serve.limit_flags import DEFAULT_MAX_PROMPT_CHARS, add_input_limit_flags, visual_limits
 from llava.serve.logs import build_logger
 from llava.serve.processes import IdleTrim
-from llava.serve.request_visuals import DEFAULT_MAX_REQUEST_PIXELS, MAX_FRAMES_PER_VIDEO, VisualLimits
+from llava.serve.request_visuals import MAX_FRAMES_PER_VIDEO
 
 INTERVAL_ENV = "LLAVA_WORKER_HEART_BEAT_INTERVAL"
 DEVICE_LOGGER = "model_worker.device"  # load_runner's line: where the model runs, in which dtype
 DEFAULT_MAX_QUEUE = 16  # requests waiting beyond --limit-model-concurrency before 429
-DEFAULT_MAX_PROMPT_CHARS = 100_000
 
 
 class ModelWorker:
@@ -50,7 +50,7 @@ class ModelWorker:
         controller_addr: str,
         worker_addr: str,
         runner,
-        limit_model_concurrency: int = 5,
+        limit_model_concurrency: int | None = None,
         no_register: bool = False,
         heart_beat_interval: float | None = None,
         worker_id: str | None = None,
@@ -59,6 +59,8 @@ class ModelWorker:
         max_body_bytes: int = trust.DEFAULT_MAX_BODY_BYTES,
         max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
     ):
+        if limit_model_concurrency is None:  # the runner's batch capacity (its --limit-model-concurrency)
+            limit_model_concurrency = getattr(runner, "max_batch", 1)
         if limit_model_concurrency < 1:
             raise ValueError(f"--limit-model-concurrency must be >= 1, got {limit_model_concurrency}")
         if max_queue < 0:
@@ -327,9 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     from llava.serve.inference import DEFAULT_MAX_BATCH
 
     p = argparse.ArgumentParser(description="LLaVA model worker")
-    p.add_argument(
-        "--host", type=str, default=trust.DEFAULT_HOST, help="address to listen on (default: loopback only)"
-    )
+    trust.add_host_flag(p)
     p.add_argument("--port", type=int, default=21002)
     p.add_argument("--worker-address", type=str, default="http://localhost:21002")
     p.add_argument("--controller-address", type=str, default="http://localhost:21001")
@@ -368,12 +368,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_QUEUE,
         help="requests that may wait beyond --limit-model-concurrency; more are refused with HTTP 429",
     )
-    p.add_argument(
-        "--max-prompt-chars",
-        type=int,
-        default=DEFAULT_MAX_PROMPT_CHARS,
-        help="refuse (HTTP 400) prompts longer than this many characters, before tokenising them",
-    )
     trust.add_body_limit_flag(p)
     trust.add_secret_flag(p)
     p.add_argument("--no-register", action="store_true")
@@ -386,15 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"seconds between heartbeats (default ${INTERVAL_ENV} or {WORKER_HEART_BEAT_INTERVAL})",
     )
-    p.add_argument(
-        "--max-image-pixels", type=int, default=None, help="refuse larger images (default: PIL's limit)"
-    )
-    p.add_argument(
-        "--max-request-pixels",
-        type=int,
-        default=DEFAULT_MAX_REQUEST_PIXELS,
-        help="refuse requests whose images and kept video frames hold more pixels together",
-    )
+    add_input_limit_flags(p)
     p.add_argument(
         "--max-video-frames",
         type=int,
@@ -413,7 +399,6 @@ def load_runner(args):
     from llava.conversation import choose_conv_mode
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
-    from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS
     from llava.serve.inference import ModelRunner, default_device, describe_device
 
     name = args.model_name or get_model_name_from_path(args.model_path)
@@ -431,19 +416,14 @@ def load_runner(args):
     has_tower = hasattr(model, "get_vision_tower") and model.get_vision_tower() is not None
     multimodal = has_tower and image_processor is not None
     conv_template = choose_conv_mode(args.conv_mode, model.config, name, multimodal=multimodal)
-    max_pixels = args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
-    limits = VisualLimits(
-        max_frames=args.max_video_frames,
-        max_image_pixels=max_pixels,
-        max_request_pixels=args.max_request_pixels,
-    )
+    limits = visual_limits(args, max_frames=args.max_video_frames)
     return ModelRunner(
         tokenizer,
         model,
         image_processor,
         context_len,
         name,
-        max_image_pixels=max_pixels,
+        max_image_pixels=args.max_image_pixels,
         conv_template=conv_template,
         limits=limits,
         max_batch=args.limit_model_concurrency,

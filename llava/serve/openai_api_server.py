@@ -30,12 +30,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import threading
-import time
-import uuid
 import weakref
 from dataclasses import dataclass, field
 
@@ -43,10 +40,12 @@ from fastapi import Request
 
 from llava.conversation import get_conv_template
 from llava.serve import protocol, trust
+from llava.serve.api_answers import Reply, complete, stream_events
+from llava.serve.api_upstream import ControllerClient
 from llava.serve.conv_mode import remote_conversation
 from llava.serve.images import DEFAULT_MAX_IMAGE_PIXELS
+from llava.serve.limit_flags import DEFAULT_MAX_PROMPT_CHARS, add_input_limit_flags
 from llava.serve.logs import build_logger
-from llava.serve.model_worker import DEFAULT_MAX_PROMPT_CHARS
 from llava.serve.openai_messages import (
     APIError,
     ChatCompletionRequest,
@@ -94,51 +93,6 @@ class APISettings:
         return InputPolicy(self.allow_image_urls, limits, self.video_policy(), self.max_prompt_chars)
 
 
-def _error_status(upstream_status: int, error_code: int) -> int:
-    """The HTTP status for an error chunk that came with `upstream_status`."""
-    if error_code == protocol.OVERLOADED or upstream_status == 429:
-        return 429
-    if error_code == protocol.NO_WORKER or upstream_status == 404:
-        return 404
-    if upstream_status in (400, 413):
-        return upstream_status
-    if error_code == protocol.WORKER_UNREACHABLE or upstream_status == 401:
-        return 502
-    return 500
-
-
-def _error_type(status: int) -> str:
-    if status == 429:
-        return "rate_limit_error"
-    return "invalid_request_error" if status in (400, 404, 413) else "server_error"
-
-
-def upstream_error(address: str, e: Exception) -> APIError:
-    """The APIError for an httpx failure talking to the controller at `address`, naming its real cause."""
-    import httpx
-
-    what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    if isinstance(e, httpx.PoolTimeout):
-        return APIError(
-            429,
-            "this API server has no free connection to the controller (all in use); retry shortly",
-            "rate_limit_error",
-            headers={protocol.RETRY_AFTER: "1"},
-        )
-    if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return APIError(503, f"the controller at {address} is unreachable ({what})", "server_error")
-    if isinstance(e, httpx.TimeoutException):
-        return APIError(504, f"the controller at {address} did not answer in time ({what})", "server_error")
-    return APIError(502, f"the connection to the controller at {address} failed ({what})", "server_error")
-
-
-def refused_secret(address: str) -> str:
-    return (
-        f"the controller at {address} refused this API server's calls: they lack the stack's shared secret "
-        f"or carry a wrong one (start the API server with ${trust.ENV} or --secret set as on the controller)"
-    )
-
-
 class Admission:
     """Requests in flight at the API, at most `limit` (an APIError 429 beyond it); when the last one
     leaves, freed memory is given back to the OS a moment later (a burst of large images leaves
@@ -184,13 +138,6 @@ class Admission:
             release_freed_memory()
 
 
-def with_total(usage: dict | None) -> dict:
-    """The worker's usage plus OpenAI's `total_tokens` (the one place it is computed)."""
-    usage = dict(usage or {})
-    usage["total_tokens"] = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
-    return usage
-
-
 def parse_request(raw) -> ChatCompletionRequest:
     """The validated request, or an APIError 400 naming the first bad parameter."""
     from pydantic import ValidationError
@@ -224,169 +171,6 @@ def generation_payload(req: ChatCompletionRequest, conv, prompt: str, images: li
         "max_new_tokens": req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS,
         "stop": [s for s in [conv.stop_str] if s] + stops,
     }
-
-
-class ControllerClient:
-    """The API's view of the controller: its models, their templates, and answer streams."""
-
-    def __init__(self, http, address: str):
-        self.http, self.address = http, address.rstrip("/")
-
-    async def listing(self) -> dict:
-        import httpx
-
-        try:
-            r = await self.http.post(self.address + "/list_models")
-        except httpx.HTTPError as e:
-            raise upstream_error(self.address, e) from None
-        if r.status_code == 401:
-            raise APIError(502, refused_secret(self.address), "server_error")
-        try:
-            r.raise_for_status()
-            data = r.json()
-            return {"models": list(data["models"]), "conv_templates": dict(data.get("conv_templates") or {})}
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
-            msg = f"the controller at {self.address} gave no usable model list ({type(e).__name__}: {e})"
-            raise APIError(502, msg, "server_error") from None
-
-    async def open_stream(self, pload: dict) -> tuple[Upstream, dict]:
-        """The worker's stream for `pload` and its first chunk; an APIError when it fails at once."""
-        import httpx
-
-        try:
-            response = await self.http.send(
-                self.http.build_request("POST", self.address + "/worker_generate_stream", json=pload),
-                stream=True,
-            )
-        except httpx.HTTPError as e:
-            raise upstream_error(self.address, e) from None
-        upstream = Upstream(response)
-        first = await upstream.next()
-        if first is None or first["error_code"] != protocol.OK:
-            await upstream.aclose()
-            raise self._refusal(response, first)
-        return upstream, first
-
-    def _refusal(self, response, first: dict | None) -> APIError:
-        """The APIError for a stream that failed before its first token (its status, its cause)."""
-        msg = first["text"] if first else "the worker closed the stream without an answer"
-        code = first["error_code"] if first else protocol.WORKER_ERROR
-        status = _error_status(response.status_code, code)
-        headers = None
-        if status == 429:
-            headers = {
-                protocol.RETRY_AFTER: str(protocol.parse_retry_after(response.headers.get("retry-after")))
-            }
-        elif response.status_code == 401:
-            msg = refused_secret(self.address)
-        return APIError(
-            status,
-            msg,
-            _error_type(status),
-            code="model_not_found" if status == 404 else None,
-            headers=headers,
-        )
-
-
-class Upstream:
-    """One answer stream from a worker: protocol chunks, then None; a broken stream is an error chunk."""
-
-    def __init__(self, response):
-        self.response = response
-        self._chunks = protocol.aiter_chunks(response.aiter_raw())
-
-    async def next(self) -> dict | None:
-        import httpx
-
-        try:
-            return await anext(self._chunks)
-        except StopAsyncIteration:
-            return None
-        except (httpx.HTTPError, ValueError) as e:
-            return {"text": f"the worker stream broke ({e})", "error_code": protocol.WORKER_UNREACHABLE}
-
-    async def aclose(self) -> None:
-        await self.response.aclose()
-
-
-@dataclass
-class Reply:
-    """What every answer object of one completion shares, and how to build them."""
-
-    model: str
-    prompt: str
-    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def answer(self, chunk: dict) -> str:
-        return chunk["text"][len(self.prompt) :].lstrip()
-
-    def completion(self, last: dict) -> dict:
-        message = {"role": "assistant", "content": self.answer(last)}
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": last.get("finish_reason", "stop")}],
-            "usage": with_total(last.get("usage")),
-        }
-
-    def event(self, choices: list, usage: dict | None = None) -> str:
-        obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
-        obj["choices"] = choices
-        if usage is not None:
-            obj["usage"] = usage
-        return f"data: {json.dumps(obj)}\n\n"
-
-
-def midstream_error(chunk: dict) -> APIError:
-    """The error for a stream that failed after it started (502 when the worker went away)."""
-    status = 502 if chunk["error_code"] == protocol.WORKER_UNREACHABLE else 500
-    return APIError(status, chunk["text"], "server_error")
-
-
-async def complete(upstream: Upstream, first: dict, reply: Reply) -> dict:
-    """The whole answer as one `chat.completion` object."""
-    last = first
-    try:
-        while (c := await upstream.next()) is not None:
-            if c["error_code"] != protocol.OK:
-                raise midstream_error(c)
-            last = c
-    finally:
-        await upstream.aclose()
-    return reply.completion(last)
-
-
-async def stream_events(upstream: Upstream, first: dict, reply: Reply, include_usage: bool, on_close=None):
-    """Server-sent `chat.completion.chunk` events: the role, content deltas, the finish, `[DONE]`;
-    `on_close()` runs when the stream ends, however it ends."""
-    sent = ""
-    try:
-        role = {"role": "assistant", "content": ""}
-        yield reply.event([{"index": 0, "delta": role, "finish_reason": None}])
-        c = first
-        while c is not None:
-            if c["error_code"] != protocol.OK:
-                yield f"data: {json.dumps(midstream_error(c).body())}\n\n"
-                return
-            answer = reply.answer(c)
-            if len(answer) > len(sent):
-                delta, sent = answer[len(sent) :], answer
-                yield reply.event([{"index": 0, "delta": {"content": delta}, "finish_reason": None}])
-            if "finish_reason" in c:
-                yield reply.event([{"index": 0, "delta": {}, "finish_reason": c["finish_reason"]}])
-                if include_usage:
-                    yield reply.event([], with_total(c.get("usage")))
-            c = await upstream.next()
-        yield "data: [DONE]\n\n"
-    finally:
-        try:
-            await upstream.aclose()
-        finally:
-            if on_close is not None:
-                on_close()
 
 
 def _key_ok(settings: APISettings, authorization: str) -> bool:
@@ -509,9 +293,7 @@ def create_app(settings: APISettings):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="OpenAI-compatible API for LLaVA model workers")
-    p.add_argument(
-        "--host", type=str, default=trust.DEFAULT_HOST, help="address to listen on (default: loopback only)"
-    )
+    trust.add_host_flag(p)
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--controller-address", type=str, default="http://localhost:21001")
     p.add_argument(
@@ -531,30 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="template for all models (default: the one each model's worker serves)",
     )
     trust.add_body_limit_flag(p)
-    p.add_argument(
-        "--max-images",
-        type=int,
-        default=MAX_VISUALS_PER_REQUEST,
-        help="refuse requests with more images and videos (a video counts as one)",
-    )
-    p.add_argument(
-        "--max-image-pixels",
-        type=int,
-        default=DEFAULT_MAX_IMAGE_PIXELS,
-        help="refuse images (and video frames) with more pixels, from their headers",
-    )
-    p.add_argument(
-        "--max-request-pixels",
-        type=int,
-        default=DEFAULT_MAX_REQUEST_PIXELS,
-        help="refuse requests whose images and kept video frames hold more pixels together",
-    )
-    p.add_argument(
-        "--max-prompt-chars",
-        type=int,
-        default=DEFAULT_MAX_PROMPT_CHARS,
-        help="refuse conversations whose rendered prompt has more characters (checked before tokenising)",
-    )
+    add_input_limit_flags(p)
     p.add_argument(
         "--max-concurrent-requests",
         type=int,

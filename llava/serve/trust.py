@@ -35,6 +35,16 @@ PARSE_IN_THREAD_BYTES = 1 << 20  # bodies this large are parsed off the event lo
 STREAM_PATHS = ("/worker_generate_stream",)  # endpoints that answer protocol chunks, errors included
 
 
+def add_host_flag(parser) -> None:
+    """`--host` on a server's parser: loopback unless the user says otherwise (docs/Serving.md, 'Exposing the stack')."""
+    parser.add_argument(
+        "--host",
+        type=str,
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default {DEFAULT_HOST}: loopback only)",
+    )
+
+
 def add_secret_flag(parser) -> None:
     """`--secret` on a server's argparse parser (the environment variable is the safer way to pass it:
     a flag shows in `ps`)."""

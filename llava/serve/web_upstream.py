@@ -8,9 +8,8 @@ reached, or its queue is full (HTTP 429, with the wait it asks for). Kept apart 
 
     link = ControllerLink("http://localhost:21001", secret)
     models = link.models()                      # [] when the controller cannot be reached (logged)
-    address = link.worker_address(model)        # UpstreamError naming the cause
-    for chunk in link.stream(address, payload): # protocol chunks; UpstreamError before the first
-        ...
+    for chunk in link.answer(model, payload):   # protocol chunks; UpstreamError naming the cause
+        ...                                     # (an unreachable worker: once more on another one)
 """
 
 from __future__ import annotations
@@ -27,6 +26,10 @@ TIMEOUT = 10  # seconds to connect and for each read of a non-streaming call
 
 class UpstreamError(Exception):
     """A call to the controller or a worker failed; the message says why, for the user."""
+
+
+class WorkerUnreachable(UpstreamError):
+    """The worker could not be reached at all: nothing was sent to it, another one may serve the request."""
 
 
 def _cause(e: Exception) -> str:
@@ -123,7 +126,7 @@ class ControllerLink:
                 timeout=TIMEOUT,
             )
         except requests.exceptions.RequestException as e:
-            raise UpstreamError(
+            raise WorkerUnreachable(
                 f"The worker {worker} for {payload.get('model')!r} cannot be reached ({_cause(e)}); "
                 "please regenerate."
             ) from None
@@ -143,6 +146,35 @@ class ControllerLink:
                 raise UpstreamError(
                     f"The worker {worker} stopped mid-answer ({_cause(e)}); please regenerate."
                 ) from None
+
+
+    def answer(self, model: str | None, payload: dict) -> Iterator[dict]:
+        """The answer chunks of a worker serving `model`. When the worker the controller names cannot be
+        reached, the controller is asked to re-check its workers (it drops the dead one at once) and
+        the request goes once to the worker it names then, as the controller's own relay does for the
+        API; any other failure raises UpstreamError as `stream` does."""
+        address = self.worker_address(model)
+        for attempt in (1, 2):
+            chunks = self.stream(address, payload)
+            try:
+                first = next(chunks)
+            except StopIteration:
+                return
+            except WorkerUnreachable as e:
+                if attempt == 2:
+                    raise
+                self._log_error(f"{e} Asking the controller for another worker.")
+                self._post("/refresh_all_workers")
+                retry = self.worker_address(model)
+                if retry == address:
+                    raise
+                address = retry
+                continue
+            if self.logger:
+                self.logger.info(f"model {model}: answered by {address}")
+            yield first
+            yield from chunks
+            return
 
 
 def violates_moderation(text: str) -> bool:

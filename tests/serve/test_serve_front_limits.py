@@ -21,7 +21,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from llava.serve import protocol, trust
-from llava.serve.openai_api_server import APISettings, build_parser, create_app, upstream_error
+from llava.serve.api_upstream import upstream_error
+from llava.serve.openai_api_server import APISettings, build_parser, create_app
 from llava.serve.processes import ServiceProcess, free_port
 from tests.serve.stack import REPO, serving
 
@@ -58,6 +59,7 @@ class FakeController:
         self.calls: list[tuple[str, dict, object]] = []
         self.open = self.max_open = 0
         self.worker = ""  # what /get_worker_address answers for MODEL (this fake serves streams too)
+        self.worker_after_refresh = ""  # if set: what it answers after /refresh_all_workers
         self.all_open: asyncio.Event | None = None  # set when `hold_for` streams are open
 
     def app(self):
@@ -100,6 +102,7 @@ class FakeController:
 
         async def refresh(request):
             self.calls.append(("/refresh_all_workers", dict(request.headers), None))
+            self.worker = self.worker_after_refresh or self.worker
             return JSONResponse({"models": [MODEL]})
 
         async def worker_address(request):
@@ -428,3 +431,24 @@ def test_web_server_flags_secret_and_loopback_default(monkeypatch):
     settings = web.settings_from_args(web.build_parser().parse_args(["--controller-url", dead]), None)
     assert settings.secret == SECRET and settings.models == []
     assert settings.link().headers[trust.HEADER] == SECRET
+
+
+def test_web_server_retries_once_on_another_worker_when_the_first_is_unreachable():
+    """The controller names a dead worker (its heartbeat has not expired yet): the web server asks it to
+    re-check its workers and sends the request once to the one it names then; a second dead one is
+    the error, told as such."""
+    from llava.serve.web_upstream import ControllerLink, WorkerUnreachable
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    fake = FakeController()
+    with serving(fake.app()) as (url, _):
+        fake.worker, fake.worker_after_refresh = dead, url
+        chunks = list(ControllerLink(url).answer(MODEL, {"model": MODEL, "prompt": "P", "images": []}))
+        assert chunks[-1]["text"] == "P Yes."
+        assert fake.paths() == [
+            "/get_worker_address", "/refresh_all_workers", "/get_worker_address", "/worker_generate_stream",
+        ]  # fmt: skip
+        fake.worker = fake.worker_after_refresh = dead
+        with pytest.raises(WorkerUnreachable, match=f"The worker {dead} for 'm-front' cannot be reached"):
+            list(ControllerLink(url).answer(MODEL, {"model": MODEL, "prompt": "P", "images": []}))
+        assert fake.paths().count("/worker_generate_stream") == 1  # nothing reached a worker the 2nd time

@@ -256,3 +256,29 @@ def test_stack_with_a_secret_registers_heartbeats_and_relays(tmp_path):
                 r = requests.post(url + "/worker_generate_stream", json=body, timeout=30)
                 assert r.status_code == 401 and trust.UNAUTHORIZED in r.text
             assert "Register failed" not in ctl.log_tail() and "refused registration" not in worker.log_tail()
+            _api_relays_with_the_secret(tmp_path, env, ctl_url)
+
+
+def _api_relays_with_the_secret(tmp_path, env, ctl_url):
+    """The OpenAI API server holding the secret answers through the controller; one without it says
+    the controller refused it for the secret (502), not that the model is missing."""
+    request = {"model": STUB_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3}
+    for secret in (SECRET, None):
+        port = free_port()
+        with ServiceProcess.start(
+            "api",
+            "llava.serve.openai_api_server",
+            ["--port", str(port), "--controller-address", ctl_url, "--conv-mode", "llava_v1"],
+            url=f"http://127.0.0.1:{port}",
+            log_dir=tmp_path,
+            env=env,
+            cwd=REPO,
+            secret=secret,
+        ) as api:
+            api.wait_ready("/health", method="get", timeout=60)
+            r = requests.post(api.url + "/v1/chat/completions", json=request, timeout=30)
+            if secret:
+                assert r.status_code == 200, r.text
+                assert r.json()["object"] == "chat.completion"  # the stub worker answered through both
+            else:
+                assert r.status_code == 502 and "shared secret" in r.text, r.text
