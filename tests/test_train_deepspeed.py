@@ -205,3 +205,22 @@ def test_zero3_applies_the_tower_weights_a_checkpoint_stores(kit, tmp_path):
     saved = load_file(out / "model.safetensors")
     for key, value in stored.items():  # the tower is frozen in stage 2: exactly the stored weights
         assert torch.equal(saved[key], value), key
+
+
+@pytest.mark.slow
+def test_zero3_chunked_loss_equals_the_whole_logits_loss(kit, zero2_stage1, tmp_path):
+    """--loss_chunk_tokens under ZeRO-3 (the head's weight partitioned, gathered by the module call,
+    again in the backward's recomputation) with gradient checkpointing: the same per-step losses and
+    gradient norms as transformers' loss on the whole logits."""
+    adapter = zero2_stage1[0] / "mm_projector.bin"
+    extra = f"--deepspeed {REPO / 'zero3.json'} --max_steps 3 --per_device_train_batch_size 2 --save_strategy no"
+    extra += " --gradient_checkpointing True"
+    history = {}
+    for name, more in (("whole", ""), ("chunked", " --loss_chunk_tokens 5")):
+        out = tmp_path / name / "out"
+        torchrun(tmp_path / name, stage2_args(kit, out, adapter, extra + more))
+        logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        history[name] = [(h["loss"], h["grad_norm"]) for h in logs if "loss" in h]
+    assert len(history["whole"]) == 3
+    for (loss, norm), (ref_loss, ref_norm) in zip(history["chunked"], history["whole"], strict=True):
+        assert loss == pytest.approx(ref_loss, abs=1e-5) and norm == pytest.approx(ref_norm, rel=1e-4)

@@ -291,8 +291,11 @@ class LlavaMetaForCausalLM(LlavaLoading, VisionTokens):
         cache=None,
         logits_to_keep=0,
         modalities=None,
+        loss_chunk_tokens=0,
         **kwargs,
     ):
+        """LLaVA's forward; `loss_chunk_tokens` N > 0 (with labels): the loss from N labelled positions'
+        logits at a time, no logits returned (llava.model.chunked_loss; --loss_chunk_tokens)."""
         cache = cache if cache is not None else past_key_values
         if inputs_embeds is None and cache is None and is_packed_batch(position_ids, attention_mask):
             packed = self.prepare_packed_inputs(
@@ -315,6 +318,10 @@ class LlavaMetaForCausalLM(LlavaLoading, VisionTokens):
             kwargs["cache" if "cache" in params else "past_key_values"] = cache
         if return_dict is not None:
             kwargs["return_dict"] = return_dict
+        if loss_chunk_tokens and labels is not None:
+            return self._chunked_loss_forward(
+                inputs_embeds, attention_mask, position_ids, labels, loss_chunk_tokens, use_cache, kwargs
+            )
         if logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
         return super().forward(
@@ -326,6 +333,27 @@ class LlavaMetaForCausalLM(LlavaLoading, VisionTokens):
             use_cache=use_cache,
             **kwargs,
         )
+
+    def _chunked_loss_forward(
+        self, inputs_embeds, attention_mask, position_ids, labels, chunk, use_cache, kwargs
+    ):
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        from llava.model.chunked_loss import chunked_causal_lm_loss
+
+        num_items = kwargs.pop("num_items_in_batch", None)
+        kwargs.pop("return_dict", None)
+        out = self.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False if use_cache is None else use_cache,
+            **kwargs,
+        )
+        loss = chunked_causal_lm_loss(
+            out.last_hidden_state, self.get_output_embeddings(), labels, chunk, num_items
+        )
+        return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
 
     @torch.no_grad()
     def generate(self, inputs=None, images=None, image_sizes=None, modalities=None, **kwargs):

@@ -178,6 +178,14 @@ class TrainingArguments(transformers.TrainingArguments):
     mm_projector_lr: Optional[float] = None
     mm_vision_tower_lr: Optional[float] = None
     group_by_modality_length: bool = field(default=False)
+    loss_chunk_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "N > 0: compute the loss from the labelled positions only, N at a time under activation "
+            "checkpointing, never the whole [batch, length, vocab] logits (llava/model/chunked_loss.py; "
+            "works with ZeRO-3 and LoRA); the loss and gradients equal the default path's. 0: transformers' loss."
+        },
+    )
     packing: bool = field(
         default=False,
         metadata={

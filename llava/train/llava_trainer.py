@@ -77,6 +77,15 @@ class LLaVATrainer(Trainer):
         self.save_embeddings_with_projector = bool(save_embeddings_with_projector)
         super().__init__(*args, **kwargs)
 
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        """transformers' compute_loss; with --loss_chunk_tokens N the model's forward is asked for the
+        chunked loss (llava.model.chunked_loss) in this call's arguments."""
+        chunk = getattr(self.args, "loss_chunk_tokens", 0)
+        if chunk and "labels" in inputs and model.training:
+            inputs = {**inputs, "loss_chunk_tokens": chunk}
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
     # ------------------------------------------------------------------ sampler
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
