@@ -196,9 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     """The CLI; Ctrl-C (while loading, reading or answering) exits with status 130, no traceback."""
-    from llava.serve.interrupts import deliver_sigint_to_main_thread
-
-    deliver_sigint_to_main_thread()  # also when another thread (tqdm's, the batching engine's) takes it
     try:
         run(argv)
     except KeyboardInterrupt:
@@ -246,4 +243,8 @@ def run(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from llava.serve.interrupts import deliver_sigint_to_main_thread
+
+    # Only as a program: it sets process-wide signal state (a caller's own process keeps its own).
+    deliver_sigint_to_main_thread()  # also when another thread (tqdm's, the batching engine's) takes it
     main()

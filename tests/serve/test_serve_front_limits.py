@@ -303,6 +303,13 @@ def test_unreachable_means_the_controller_really_is(monkeypatch, tmp_path):
 HOLD_S = 120
 
 
+def _outcomes(responses) -> dict:
+    """Statuses counted, with the first message of each failure status (what a flaky run needs told)."""
+    statuses = [r.status_code for r in responses]
+    told = {r.status_code: r.text[:300] for r in reversed(responses) if r.status_code not in (200, 429)}
+    return {"counts": {s: statuses.count(s) for s in set(statuses)}, "messages": told}
+
+
 async def _burst(url: str, n: int, body: dict) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     async with httpx.AsyncClient(limits=limits, timeout=HOLD_S + 60) as c:
@@ -320,7 +327,7 @@ def test_500_in_flight_all_reach_the_controller_none_503(monkeypatch, tmp_path):
         with serving(create_app(settings)) as (api, _):
             responses = asyncio.run(_burst(api, 500, ask_body()))
     statuses = [r.status_code for r in responses]
-    assert statuses.count(200) == 500, {s: statuses.count(s) for s in set(statuses)}
+    assert statuses.count(200) == 500, _outcomes(responses)
     assert fake.max_open == 500
 
 
@@ -332,9 +339,7 @@ def test_beyond_max_concurrent_requests_each_is_refused_with_429_at_once(monkeyp
         with serving(create_app(APISettings(controller_address=ctl))) as (api, _):
             responses = asyncio.run(_burst(api, 500, ask_body()))
     statuses = [r.status_code for r in responses]
-    assert (statuses.count(200), statuses.count(429)) == (256, 244), {
-        s: statuses.count(s) for s in set(statuses)
-    }
+    assert (statuses.count(200), statuses.count(429)) == (256, 244), _outcomes(responses)
     refused = [r for r in responses if r.status_code == 429]
     assert all(r.headers["retry-after"] == "1" for r in refused)
     assert all("--max-concurrent-requests" in r.json()["error"]["message"] for r in refused)
