@@ -147,7 +147,6 @@ class ControllerLink:
                     f"The worker {worker} stopped mid-answer ({_cause(e)}); please regenerate."
                 ) from None
 
-
     def answer(self, model: str | None, payload: dict) -> Iterator[dict]:
         """The answer chunks of a worker serving `model`. When the worker the controller names cannot be
         reached, the controller is asked to re-check its workers (it drops the dead one at once) and
