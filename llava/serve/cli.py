@@ -196,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     """The CLI; Ctrl-C (while loading, reading or answering) exits with status 130, no traceback."""
+    if sys.stdin.isatty():
+        from llava.serve.interrupts import deliver_sigint_to_main_thread
+
+        # readline's wait for a key hears a Ctrl-C only on the main thread: forward one that another
+        # thread (tqdm's, the batching engine's) takes. Installed first, before any thread exists, and
+        # only with a terminal: it sets process-wide signal state, which a program calling main() on
+        # pipes (the tests) keeps as its own.
+        deliver_sigint_to_main_thread()
     try:
         run(argv)
     except KeyboardInterrupt:
@@ -243,8 +251,4 @@ def run(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from llava.serve.interrupts import deliver_sigint_to_main_thread
-
-    # Only as a program: it sets process-wide signal state (a caller's own process keeps its own).
-    deliver_sigint_to_main_thread()  # also when another thread (tqdm's, the batching engine's) takes it
     main()

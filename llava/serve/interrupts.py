@@ -18,12 +18,17 @@ import threading
 import time
 
 GRACE = 0.2  # seconds the main thread has to handle a Ctrl-C itself before it is forwarded
+_installed = False
 
 
 def deliver_sigint_to_main_thread() -> bool:
     """Install the forwarding (from the main thread); False where the platform has no pthread_kill."""
+    global _installed
+    if _installed:
+        return True
     if not hasattr(signal, "pthread_kill") or threading.current_thread() is not threading.main_thread():
         return False
+    _installed = True
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)

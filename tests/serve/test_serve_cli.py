@@ -173,6 +173,9 @@ def test_ctrl_c_exits_130_without_a_traceback(tiny_llava):
     t = Terminal(_cli_args(tiny_llava))
     t.read_until("USER: ")
     t.type("half a quest")
+    # A Ctrl-C in the same instant as the keys can flush them between readline's select() and its
+    # read(), which then waits for the next key: type it once the line shows them, as a person would.
+    t.read_until("half a quest")
     t.type(CTRL_C)
     assert t.exit_code() == 130, t.out[-2000:]
     assert "Traceback" not in t.out and "KeyboardInterrupt" not in t.out
@@ -216,3 +219,16 @@ def test_ctrl_c_taken_by_another_thread_still_interrupts_the_main_threads_wait()
 
     assert waited(run("plain")) > 5  # before: heard only when the wait ended (readline's: at Enter)
     assert waited(run("forward")) < 3
+
+
+def test_the_forwarding_is_left_out_without_a_terminal():
+    """Called on pipes (as the tests and programs embedding the CLI's chat do), the CLI leaves the
+    process's SIGINT handling alone: it is installed only for readline on a terminal."""
+    import signal
+
+    from llava.serve.cli import main
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit):  # (argparse: no --image-file)
+        main(["--model-path", "nowhere"])
+    assert signal.getsignal(signal.SIGINT) is before and signal.set_wakeup_fd(-1) == -1
