@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from llava.constants import IGNORE_INDEX
 
 
 def _chunk_loss_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_head) -> torch.Tensor:
