@@ -70,7 +70,10 @@ def main(argv=None) -> None:
     if args.child:
         print(json.dumps(child(args)))
         return
-    shared = [f"--{k}={getattr(args, k)}" for k in ("batch", "length", "width", "vocab", "labelled", "repeats", "threads")]
+    shared = [
+        f"--{k}={getattr(args, k)}"
+        for k in ("batch", "length", "width", "vocab", "labelled", "repeats", "threads")
+    ]
     results = {}
     for chunk in [0, *(int(c) for c in args.chunks.split(","))]:
         out = subprocess.run(

@@ -73,6 +73,7 @@ class Side:
     llm: Path
     vision: Path
     checkpoint: Path
+    path: str = ""  # PYTHONPATH of its processes: packages installed with `pip --target` (the GPU run)
 
 
 @dataclass
@@ -98,12 +99,20 @@ def build_inputs(work: Path) -> tuple[Inputs, Side]:
 
 
 def _with_legacy_tokenizer(src: Path, dst: Path) -> None:
-    """A copy of model folder `src` whose tokenizer files are the LLaMA-2 ones, tokenizer.model included."""
-    shutil.copytree(src, dst)
+    """A copy of model folder `src` whose tokenizer files are the LLaMA-2 ones, tokenizer.model included
+    (its weight files linked, not copied: a 7B model's are 13 GB)."""
+    shutil.copytree(src, dst, copy_function=_link_weights)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (dst / name).unlink(missing_ok=True)
     for f in LEGACY_TOKENIZER.iterdir():
         shutil.copy(f, dst / f.name)
+
+
+def _link_weights(src: str, dst: str) -> None:
+    if src.endswith((".safetensors", ".bin")):
+        os.symlink(os.path.abspath(src), dst)
+    else:
+        shutil.copy2(src, dst)
 
 
 def _rekeyed_tower(src: Path, dst: Path) -> None:
@@ -133,11 +142,17 @@ def peer_side(ours: Side, python: str, work: Path) -> Side:
 
 
 # ------------------------------------------------------------------------------------------ runs
-def child_env() -> dict[str, str]:
+def child_env(path: str = "", threads: int | None = 1) -> dict[str, str]:
+    """A side's environment: offline, `threads` threads (None: the machine's), `path` as PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    if path:
+        env["PYTHONPATH"] = path
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if threads is None:
+            env.pop(name, None)
+        else:
+            env[name] = str(threads)
     env.update(
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
         TOKENIZERS_PARALLELISM="false",
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
@@ -152,14 +167,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def run_until(cmd: list[str], cwd: Path, seen, stdin: str = "") -> tuple[float, float, str]:
+def run_until(cmd: list[str], cwd: Path, seen, stdin: str = "", env=None) -> tuple[float, float, str]:
     """Runs `cmd` to its end; (seconds from launch until its stdout first satisfied `seen(text)`, the
     process's CPU seconds at that moment, its stdout). The moment, not the exit: the interpreter's
-    shutdown after it is no part of start-up."""
+    shutdown after it is no part of start-up. `env`: the process's environment (default child_env())."""
     err = tempfile.TemporaryFile(mode="w+")
     launched = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, cwd=cwd, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
+        cmd, cwd=cwd, env=env or child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
     )
     proc.stdin.write(stdin.encode())
     proc.stdin.close()
