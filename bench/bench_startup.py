@@ -8,8 +8,11 @@ tokenizer, hidden 64, 2 layers; CLIP tower of 16 image tokens; mlp2x_gelu projec
 - import: `import llava.train.train` (the training module) and nothing else; its seconds inside the
   process;
 - first step: the stage-2 command (`--version v1 --image_aspect_ratio pad --group_by_modality_length
-  True`, batch 4, no DeepSpeed) from launch until the Trainer begins step 0 (a patched
-  `CallbackHandler.on_step_begin` prints a marker and ends the process);
+  True`, batch 4, no DeepSpeed) through each side's entry point, as `python -m` runs it (this
+  project's `llava.train.train_mem`, which scripts/v1_5/*.sh launch; the original's
+  `llava.train.train`, since its train_mem needs flash-attn), from launch until the Trainer begins
+  step 0 (`CallbackHandler.on_step_begin`, patched by an import hook, prints a marker and ends the
+  process);
 - first answer: `python -m llava.serve.cli --device cpu --temperature 0 --max-new-tokens 32` on a tiny
   LLaVA-1.5 checkpoint and one image, one question on stdin, from launch until the answer has been
   streamed (the next turn's prompt appears).
@@ -40,19 +43,36 @@ REPO = Path(__file__).resolve().parents[1]
 LEGACY_TOKENIZER = REPO / "tests" / "fixtures" / "tokenizers" / "llama2-legacy"
 QUESTION = "What is in the image?"
 
-# Run as a script by either side's python: the first moment the Trainer starts a step ends the run.
+# Run as a script by either side's python, with the training module to run as its first argument (as
+# `python -m MODULE ...`): the first moment the Trainer starts a step ends the run. The patch goes in
+# when transformers.trainer_callback is first imported (an import hook), not by importing it here: the
+# run's imports happen where its entry point makes them.
 TRAIN_ENTRY = """
-import os, sys
-import llava.train.train as entry
-from transformers.trainer_callback import CallbackHandler
+import os, runpy, sys
+from importlib.machinery import PathFinder
 
-def first_step(self, args, state, control):
-    sys.stdout.write("FIRST_STEP\\n")
-    sys.stdout.flush()
-    os._exit(0)
+class FirstStepEnds:
+    def find_spec(self, name, path, target=None):
+        if name != "transformers.trainer_callback":
+            return None
+        spec = PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
 
-CallbackHandler.on_step_begin = first_step
-entry.train()
+        def exec_module(module):
+            run(module)
+
+            def first_step(self, args, state, control):
+                sys.stdout.write("FIRST_STEP\\n")
+                sys.stdout.flush()
+                os._exit(0)
+
+            module.CallbackHandler.on_step_begin = first_step
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, FirstStepEnds())
+runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
 """
 
 IMPORT_ENTRY = """
@@ -74,6 +94,7 @@ class Side:
     vision: Path
     checkpoint: Path
     path: str = ""  # PYTHONPATH of its processes: packages installed with `pip --target` (the GPU run)
+    train_module: str = "llava.train.train_mem"  # what scripts/v1_5/*.sh launch
 
 
 @dataclass
@@ -138,7 +159,8 @@ def peer_side(ours: Side, python: str, work: Path) -> Side:
         config = json.loads((checkpoint / "config.json").read_text())
         config["mm_vision_tower"] = str(vision)  # its builder loads the tower from this folder
         (checkpoint / "config.json").write_text(json.dumps(config, indent=2))
-    return Side("original", python, llm, vision, checkpoint)
+    # its train_mem.py asks for flash-attention 2, which cannot be built here: its train.py's __main__
+    return Side("original", python, llm, vision, checkpoint, train_module="llava.train.train")
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -215,7 +237,7 @@ def run_first_step(side: Side, inputs: Inputs, cwd: Path) -> tuple[float, float]
     entry = cwd / "first_step.py"
     entry.write_text(TRAIN_ENTRY)
     out = cwd / f"out-{side.name.replace(' ', '-')}"
-    cmd = [side.python, str(entry), *stage2_argv(side, inputs, out)]
+    cmd = [side.python, str(entry), side.train_module, *stage2_argv(side, inputs, out)]
     at, cpu, _ = run_until(cmd, cwd, lambda text: "FIRST_STEP" in text)
     return at, cpu
 

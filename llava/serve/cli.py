@@ -20,6 +20,7 @@ import contextlib
 import sys
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.utils.collector import collection_paused, frozen
 
 INTERRUPTED = 130  # the exit status of a program stopped by Ctrl-C (128 + SIGINT)
 
@@ -221,6 +222,15 @@ def run(argv=None) -> None:
     if args.video_file:
         check_video(args.video_file)
 
+    with collection_paused():  # the heavy imports (torch, transformers): a million objects, no garbage
+        import llava.model.builder  # noqa: F401
+        import llava.serve.inference  # noqa: F401
+    with frozen():  # the collector's passes skip those objects while the model loads and answers
+        _chat(args, images)
+
+
+def _chat(args, images: list) -> None:
+    """Load the model and chat about `images` (or the video of --video-file) until EOF."""
     from llava.conversation import choose_conv_mode, get_conv_template
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model

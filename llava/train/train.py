@@ -29,6 +29,7 @@ from llava.train.param_table import format_parameter_table
 from llava.train.preemption import StopGuard, exit_on_interrupt
 from llava.train.preflight import preflight
 from llava.train.resume import ResumeError, choose_checkpoint
+from llava.utils.collector import frozen
 
 logger = logging.getLogger("llava.train")
 
@@ -45,6 +46,7 @@ __all__ = [
     "preprocess_multimodal",
     "train",
 ]
+
 
 def latest_complete_checkpoint(output_dir: str, **check_kw) -> str | None:
     """The newest `checkpoint-N` in `output_dir` a run can resume (llava.train.checkpoints: its save
@@ -105,7 +107,15 @@ def _setup_logging(training_args) -> None:
 
 
 def train(attn_implementation: str | None = None, argv: list[str] | None = None, callbacks=None):
-    """Parse the command line (or `argv`), train, save; returns the trainer."""
+    """Parse the command line (or `argv`), train, save; returns the trainer.
+
+    The objects alive at its start (the imported libraries': about a million) are kept out of the
+    cyclic garbage collector's passes for the run (llava.utils.collector.frozen)."""
+    with frozen():
+        return _train(attn_implementation, argv, callbacks)
+
+
+def _train(attn_implementation: str | None, argv: list[str] | None, callbacks):
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     preflight(data_args, training_args, model_args)
