@@ -22,6 +22,11 @@ block-diagonal mask transformers builds from the restarting position ids), torch
 unpadded), flex_attention (packed rows; compiles). A `+liger` suffix (`packed:torch_varlen+liger`)
 runs with Liger's RMSNorm/SwiGLU/RoPE kernels applied as `--use_liger_kernel True` applies them
 (llava.train.liger; needs liger-kernel and a GPU); once applied they stay, so such modes come last.
+A `+chunked` suffix (`packed:torch_varlen+chunked`, `...+liger+chunked`) takes the loss as
+`--loss_chunk_tokens` does (llava.model.chunked_loss, --chunk-tokens labelled positions at a time:
+no [tokens, vocab] logits). `--uncheckpointed-layers N` runs the last N decoder layers without
+activation checkpointing (selective checkpointing: less recomputation, more memory); a candidate
+for issue 21's MFU target, measured here before the trainer gets a flag for it.
 
 MFU = model FLOPs of the real tokens / time / peak. Model FLOPs: 6 x LLM parameters (without the
 input embedding) per token + causal attention 6 x layers x hidden x n^2 per sample + per real image
@@ -160,11 +165,13 @@ def model_flops(batch_lengths: list[int], n_images: int, shape, tower, layers, n
     return 6 * n_llm * tokens + attn + n_images * (vis + 6 * n_proj * patches)
 
 
-def run_mode(model, optimizer, batches, device, warmup: int) -> tuple[float, float]:
-    """(seconds for one pass over `batches` after `warmup` untimed steps, mean loss)."""
+def run_mode(model, optimizer, batches, device, warmup: int, chunk: int = 0) -> tuple[float, float]:
+    """(seconds for one pass over `batches` after `warmup` untimed steps, mean loss); `chunk` > 0: the
+    chunked loss of that many labelled positions at a time."""
+    extra = {"loss_chunk_tokens": chunk} if chunk else {}
 
     def step(batch):
-        out = model(**batch)
+        out = model(**batch, **extra)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -202,6 +209,15 @@ def main(argv=None) -> None:
         default="padded:sdpa,padded:torch_varlen,packed:sdpa,packed:torch_varlen",
         help="batching:attention,...",
     )
+    parser.add_argument(
+        "--chunk-tokens", type=int, default=4096, help="labelled positions per chunk (+chunked)"
+    )
+    parser.add_argument(
+        "--uncheckpointed-layers",
+        type=int,
+        default=0,
+        help="the last N decoder layers keep their activations",
+    )
     parser.add_argument("--peak-tflops", type=float, default=790.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -231,6 +247,13 @@ def main(argv=None) -> None:
 
     model = build_model(shape, tower, layers, device, dtype)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    decoder_layers = model.get_model().layers
+    for layer in (
+        decoder_layers[len(decoder_layers) - args.uncheckpointed_layers :]
+        if args.uncheckpointed_layers
+        else []
+    ):
+        layer.gradient_checkpointing = False  # (transformers' GradientCheckpointingLayer reads it per call)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     fused = {"fused": True} if device.type == "cuda" else {}
@@ -260,13 +283,16 @@ def main(argv=None) -> None:
     check_attention(model, instances, lengths, args, max_len, n_img, padded_collate, device, dtype)
     results = []
     modes = args.modes.split(",")
-    first_liger = next((i for i, m in enumerate(modes) if m.endswith("+liger")), len(modes))
-    if not all(m.endswith("+liger") for m in modes[first_liger:]):
+    first_liger = next((i for i, m in enumerate(modes) if "+liger" in m), len(modes))
+    if not all("+liger" in m for m in modes[first_liger:]):
         parser.error("--modes: the +liger modes must come after all the others")
     for mode in modes:
-        batching, attn = mode.removesuffix("+liger").split(":")
+        base, *options = mode.split("+")
+        if set(options) - {"liger", "chunked"}:
+            parser.error(f"--modes: {mode}: the suffixes are +liger and +chunked")
+        batching, attn = base.split(":")
         try:
-            if mode.endswith("+liger") and not getattr(model, "_liger_applied", False):
+            if "liger" in options and not getattr(model, "_liger_applied", False):
                 liger_check(model, instances, lengths, args, max_len, n_img, attn, device, dtype)
             model.set_attn_implementation(attn)
             packed = batching == "packed"
@@ -277,7 +303,8 @@ def main(argv=None) -> None:
                 batches = [padded_collate([instances[i] for i in g]) for g in groups]
             computed = computed_tokens(groups, sizes, max_len, packed, flat=attn in FLAT)
             batches = [to_device(b, device, dtype) for b in batches]
-            seconds, loss = run_mode(model, optimizer, batches, device, args.warmup)
+            chunk = args.chunk_tokens if "chunked" in options else 0
+            seconds, loss = run_mode(model, optimizer, batches, device, args.warmup, chunk)
             results.append(
                 (
                     mode,
@@ -337,7 +364,7 @@ def check_attention(model, instances, lengths, args, max_len, n_img, padded_coll
     """Loss of the first micro-batch under each attention of the run's modes: they must agree."""
     from llava.data.packing import collate_packed
 
-    modes = [m.split(":") for m in args.modes.split(",") if not m.endswith("+liger")]
+    modes = [m.split(":") for m in args.modes.split(",") if "+" not in m]
     for batching in ("padded", "packed"):
         attns = [a for b, a in modes if b == batching]
         if len(attns) < 2:
