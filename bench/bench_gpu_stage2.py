@@ -247,12 +247,8 @@ def main(argv=None) -> None:
 
     model = build_model(shape, tower, layers, device, dtype)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    decoder_layers = model.get_model().layers
-    for layer in (
-        decoder_layers[len(decoder_layers) - args.uncheckpointed_layers :]
-        if args.uncheckpointed_layers
-        else []
-    ):
+    decoder_layers = list(model.get_model().layers)
+    for layer in decoder_layers[len(decoder_layers) - args.uncheckpointed_layers :]:
         layer.gradient_checkpointing = False  # (transformers' GradientCheckpointingLayer reads it per call)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
